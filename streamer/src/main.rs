@@ -1,1 +1,147 @@
-fn main() {}
+//! The `streamer` binary: wiring only.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use walcast_streamer::check::{self, Level};
+use walcast_streamer::config::{Config, LogFormat, SinkType};
+use walcast_streamer::pipeline::{PgConnector, Pipeline};
+use walcast_streamer::progress::Tracker;
+use walcast_streamer::replication::catalog::Catalog;
+use walcast_streamer::sink::{Sink, StdoutSink};
+
+#[derive(Parser)]
+#[command(name = "streamer", version, about = "Streams Postgres changes to SQS and SNS")]
+struct Cli {
+    /// Configuration file (YAML). Every key can also be set by WALCAST_* variables.
+    #[arg(long, short, global = true, env = "WALCAST_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream changes until SIGTERM or Ctrl-C.
+    Run,
+    /// Diagnose the database (and sink) and exit non-zero on a failure.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let yaml = match &cli.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: cannot read config file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let config = match Config::load(yaml.as_deref(), std::env::vars()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run => run(config).await,
+            Command::Check => check(config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "streamer stopped");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(config.log.level.as_deref().unwrap_or("info"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: finishing in-flight events");
+}
+
+async fn run(config: Arc<Config>) -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    catalog
+        .ensure_publication(&config.source.publication, &config.tables())
+        .await?;
+    let slot = catalog.ensure_slot(&config.source.slot).await?;
+    drop(catalog);
+    let tracker = Tracker::new(slot.confirmed_flush_lsn);
+    match config.sink.kind {
+        SinkType::Stdout => {
+            let sink = StdoutSink::new(tracker.clone());
+            run_with(config, sink, tracker).await
+        }
+        SinkType::Sqs | SinkType::Sns => {
+            anyhow::bail!("sink.type {:?} is not available in this build yet", config.sink.kind)
+        }
+    }
+}
+
+async fn run_with<S: Sink>(config: Arc<Config>, sink: S, tracker: Tracker) -> anyhow::Result<ExitCode> {
+    let connector = PgConnector::new(&config);
+    Pipeline::new(config, connector, sink, tracker)
+        .run(shutdown_signal())
+        .await
+        .context("streaming stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
+    let findings = check::check_source(&config).await;
+    let mut failed = false;
+    for f in &findings {
+        println!("{f}");
+        failed |= f.level == Level::Fail;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

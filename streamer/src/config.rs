@@ -1,0 +1,508 @@
+//! Configuration: one YAML file, every key also settable by environment
+//! variable (`WALCAST_<SECTION>_<KEY>`, e.g. `WALCAST_SOURCE_URL`), loaded and
+//! validated once in `main`. Secrets live in [`Secret`], which never prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A configuration error, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML or a value's type is wrong.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A field is missing or holds a bad value.
+    #[error("invalid config: {field}: {reason}")]
+    Field {
+        /// The field, e.g. `source.url`.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A string that never appears in `Debug` or `Display` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret value. Call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Postgres database to stream from.
+    pub source: SourceConfig,
+    /// Where events go.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// The operations listener.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `source:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/dbname?sslmode=…` (a secret).
+    pub url: Secret,
+    /// Replication slot name (created if missing).
+    #[serde(default = "default_name")]
+    pub slot: String,
+    /// Publication name (created if missing).
+    #[serde(default = "default_name")]
+    pub publication: String,
+    /// Tables to publish, `schema.table`; empty: every table (`FOR ALL TABLES`).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Source name in event metadata (default: the database name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Source id in event metadata (default: the name).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Free-form annotations in event metadata.
+    #[serde(default)]
+    pub annotations: Map<String, Value>,
+}
+
+/// The kinds of sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    /// One JSON event per line on standard output.
+    #[default]
+    Stdout,
+    /// An SQS queue (standard or FIFO).
+    Sqs,
+    /// An SNS topic (standard or FIFO).
+    Sns,
+}
+
+/// `sink:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Which sink.
+    #[serde(rename = "type", default)]
+    pub kind: SinkType,
+    /// Sink ("consumer") name in event metadata.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Sink id in event metadata (default: the name).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Free-form annotations in event metadata.
+    #[serde(default)]
+    pub annotations: Map<String, Value>,
+    /// SQS queue URL (`.fifo` means FIFO).
+    #[serde(default)]
+    pub queue_url: Option<String>,
+    /// SNS topic ARN (`.fifo` means FIFO).
+    #[serde(default)]
+    pub topic_arn: Option<String>,
+    /// AWS region (default: from the queue URL or topic ARN).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override, for local emulators.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Access key id (else the default AWS credential chain).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key, with `access_key_id`.
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    /// SQS queue for events the destination refuses for good.
+    #[serde(default)]
+    pub dead_letter_queue_url: Option<String>,
+    /// FIFO message group columns per table (`schema.table: [col, …]`); default: the primary key.
+    #[serde(default)]
+    pub group_columns: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkType::Stdout,
+            name: default_name(),
+            id: None,
+            annotations: Map::new(),
+            queue_url: None,
+            topic_arn: None,
+            region: None,
+            endpoint_url: None,
+            access_key_id: None,
+            secret_access_key: None,
+            dead_letter_queue_url: None,
+            group_columns: BTreeMap::new(),
+        }
+    }
+}
+
+/// `http:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for `/healthz` and `/metrics`; none: no listener.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Output format.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Filter, e.g. `info` or `walcast_streamer=debug` (`RUST_LOG` wins).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+fn default_name() -> String {
+    "walcast".into()
+}
+
+/// Environment variables that override keys: (variable, section, key, is a list).
+const ENV_KEYS: &[(&str, &str, &str, bool)] = &[
+    ("WALCAST_SOURCE_URL", "source", "url", false),
+    ("WALCAST_SOURCE_SLOT", "source", "slot", false),
+    ("WALCAST_SOURCE_PUBLICATION", "source", "publication", false),
+    ("WALCAST_SOURCE_TABLES", "source", "tables", true),
+    ("WALCAST_SOURCE_NAME", "source", "name", false),
+    ("WALCAST_SOURCE_ID", "source", "id", false),
+    ("WALCAST_SINK_TYPE", "sink", "type", false),
+    ("WALCAST_SINK_NAME", "sink", "name", false),
+    ("WALCAST_SINK_ID", "sink", "id", false),
+    ("WALCAST_SINK_QUEUE_URL", "sink", "queue_url", false),
+    ("WALCAST_SINK_TOPIC_ARN", "sink", "topic_arn", false),
+    ("WALCAST_SINK_REGION", "sink", "region", false),
+    ("WALCAST_SINK_ENDPOINT_URL", "sink", "endpoint_url", false),
+    ("WALCAST_SINK_ACCESS_KEY_ID", "sink", "access_key_id", false),
+    (
+        "WALCAST_SINK_SECRET_ACCESS_KEY",
+        "sink",
+        "secret_access_key",
+        false,
+    ),
+    (
+        "WALCAST_SINK_DEAD_LETTER_QUEUE_URL",
+        "sink",
+        "dead_letter_queue_url",
+        false,
+    ),
+    ("WALCAST_HTTP_LISTEN", "http", "listen", false),
+    ("WALCAST_LOG_FORMAT", "log", "format", false),
+    ("WALCAST_LOG_LEVEL", "log", "level", false),
+];
+
+/// The names of the variables `Config::load` reads.
+pub fn env_keys() -> impl Iterator<Item = &'static str> {
+    ENV_KEYS.iter().map(|k| k.0)
+}
+
+impl Config {
+    /// Loads the YAML (if any), applies the environment (`env` yields
+    /// variables; `main` passes `std::env::vars()`), and validates.
+    pub fn load(
+        yaml: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: serde_norway::Value = match yaml {
+            Some(text) if !text.trim().is_empty() => {
+                serde_norway::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+            }
+            _ => serde_norway::Value::Mapping(Default::default()),
+        };
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WALCAST_"))
+            .collect();
+        for (var, section, key, list) in ENV_KEYS {
+            let Some(value) = env.get(*var) else { continue };
+            let serde_norway::Value::Mapping(map) = &mut root else {
+                return Err(ConfigError::Parse("the top level must be a mapping".into()));
+            };
+            let entry = map
+                .entry(serde_norway::Value::from(*section))
+                .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+            let serde_norway::Value::Mapping(sec) = entry else {
+                return Err(ConfigError::Parse(format!("`{section}` must be a mapping")));
+            };
+            let v = if *list {
+                serde_norway::Value::Sequence(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(serde_norway::Value::from)
+                        .collect(),
+                )
+            } else {
+                serde_norway::Value::from(value.as_str())
+            };
+            sec.insert(serde_norway::Value::from(*key), v);
+        }
+        if let Some(unknown) = env
+            .keys()
+            .find(|k| !ENV_KEYS.iter().any(|e| e.0 == k.as_str()) && *k != "WALCAST_CONFIG")
+        {
+            return Err(ConfigError::Parse(format!(
+                "unknown environment variable {unknown} (known: {})",
+                env_keys().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Parse(format!("{path}: {}", e.into_inner()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url: tokio_postgres::Config =
+            self.source.url.expose().parse().map_err(|_| {
+                field(
+                    "source.url",
+                    "not a Postgres connection string (postgres://user:password@host:port/dbname)",
+                )
+            })?;
+        if url.get_user().is_none() {
+            return Err(field("source.url", "no user name"));
+        }
+        if url.get_hosts().is_empty() {
+            return Err(field("source.url", "no host"));
+        }
+        check_ident("source.slot", &self.source.slot, true)?;
+        check_ident("source.publication", &self.source.publication, false)?;
+        for t in &self.source.tables {
+            parse_table(t).ok_or_else(|| {
+                field(
+                    "source.tables",
+                    format!("`{t}` is not `schema.table` or `table`"),
+                )
+            })?;
+        }
+        match self.sink.kind {
+            SinkType::Stdout => {}
+            SinkType::Sqs => {
+                let q = self.sink.queue_url.as_deref().ok_or_else(|| {
+                    field("sink.queue_url", "required when sink.type is sqs")
+                })?;
+                url::Url::parse(q)
+                    .map_err(|e| field("sink.queue_url", format!("not a URL: {e}")))?;
+            }
+            SinkType::Sns => {
+                let arn = self.sink.topic_arn.as_deref().ok_or_else(|| {
+                    field("sink.topic_arn", "required when sink.type is sns")
+                })?;
+                if !arn.starts_with("arn:") || arn.split(':').count() != 6 {
+                    return Err(field(
+                        "sink.topic_arn",
+                        "not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)",
+                    ));
+                }
+            }
+        }
+        if self.sink.access_key_id.is_some() != self.sink.secret_access_key.is_some() {
+            return Err(field(
+                "sink.secret_access_key",
+                "access_key_id and secret_access_key go together",
+            ));
+        }
+        for (table, cols) in &self.sink.group_columns {
+            let (s, t) = parse_table(table).ok_or_else(|| {
+                field("sink.group_columns", format!("`{table}` is not `schema.table`"))
+            })?;
+            if !self.source.tables.is_empty()
+                && !self
+                    .source
+                    .tables
+                    .iter()
+                    .any(|x| parse_table(x) == Some((s.clone(), t.clone())))
+            {
+                return Err(field(
+                    "sink.group_columns",
+                    format!("`{table}` is not in source.tables"),
+                ));
+            }
+            if cols.is_empty() {
+                return Err(field(
+                    "sink.group_columns",
+                    format!("`{table}` lists no column"),
+                ));
+            }
+        }
+        if let Some(addr) = &self.http.listen {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                field("http.listen", format!("`{addr}` is not host:port, e.g. 0.0.0.0:9187"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The parsed connection string (validated by `load`).
+    pub fn postgres(&self) -> tokio_postgres::Config {
+        self.source
+            .url
+            .expose()
+            .parse()
+            .unwrap_or_else(|_| tokio_postgres::Config::new())
+    }
+
+    /// Publication tables as (schema, table).
+    pub fn tables(&self) -> Vec<(String, String)> {
+        self.source.tables.iter().filter_map(|t| parse_table(t)).collect()
+    }
+
+    /// FIFO group columns of a table, if configured.
+    pub fn group_columns(&self, schema: &str, table: &str) -> Option<&[String]> {
+        self.sink
+            .group_columns
+            .iter()
+            .find(|(k, _)| parse_table(k).is_some_and(|(s, t)| s == schema && t == table))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+fn check_ident(name: &'static str, v: &str, slot: bool) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (!slot && b.is_ascii_uppercase())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(field(
+            name,
+            format!("`{v}`: use 1-63 characters among a-z, 0-9 and _"),
+        ))
+    }
+}
+
+/// `schema.table` or `table` (→ `public.table`).
+pub fn parse_table(s: &str) -> Option<(String, String)> {
+    let (schema, table) = s.split_once('.').unwrap_or(("public", s));
+    let ok = |p: &str| !p.is_empty() && !p.contains(['.', '"', ' ']);
+    (ok(schema) && ok(table)).then(|| (schema.to_owned(), table.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn yaml_and_env() {
+        let yaml = "source:\n  url: postgres://u:pw@localhost/app\n  tables: [users]\nsink:\n  type: stdout\n";
+        let c = Config::load(Some(yaml), env(&[("WALCAST_SOURCE_SLOT", "s1")])).expect("valid");
+        assert_eq!(c.source.slot, "s1");
+        assert_eq!(c.source.publication, "walcast");
+        assert_eq!(c.tables(), vec![("public".into(), "users".into())]);
+        let c = Config::load(
+            None,
+            env(&[
+                ("WALCAST_SOURCE_URL", "postgres://u@h/db"),
+                ("WALCAST_SOURCE_TABLES", "a.b, c"),
+                ("WALCAST_SINK_TYPE", "sqs"),
+                ("WALCAST_SINK_QUEUE_URL", "http://127.0.0.1:4566/000000000000/q.fifo"),
+            ]),
+        )
+        .expect("valid from env alone");
+        assert_eq!(c.sink.kind, SinkType::Sqs);
+        assert_eq!(c.tables().len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |yaml: &str| {
+            Config::load(Some(yaml), Vec::new())
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(err("sink: {}").contains("source"));
+        assert!(err("source: {url: 'nope nope'}").contains("source.url"));
+        assert!(err("source: {url: 'postgres://u@h/d', slot: 'Bad-Slot'}").contains("source.slot"));
+        assert!(err("source: {url: 'postgres://u@h/d'}\nsink: {type: sqs}").contains("sink.queue_url"));
+        assert!(err("source: {url: 'postgres://u@h/d'}\nsink: {type: kafka}").contains("sink.type"));
+        assert!(err("source: {url: 'postgres://u@h/d', colour: red}").contains("colour"));
+        assert!(err("source: {url: 'postgres://u@h/d'}\nhttp: {listen: nope}").contains("http.listen"));
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}"),
+            env(&[("WALCAST_SORCE_URL", "x")]),
+        )
+        .expect_err("typo");
+        assert!(e.to_string().contains("WALCAST_SORCE_URL"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::load(
+            Some("source: {url: 'postgres://u:hunter2@h/d'}\nsink: {access_key_id: AK, secret_access_key: topsecret}"),
+            Vec::new(),
+        )
+        .expect("valid");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("topsecret"), "{dbg}");
+    }
+}

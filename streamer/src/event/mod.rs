@@ -1,0 +1,533 @@
+//! Change events: a decoded row change plus its table and transaction,
+//! written as the JSON of `shared/spec/change-event.md`.
+//!
+//! The JSON is written straight into one `String` per event; the parts that
+//! never change (the source and sink metadata) are rendered once at start-up
+//! and the per-table parts once per Relation message.
+
+mod value;
+
+pub use value::{write_str, write_value, TypeKind, ValueError};
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use change_event::Action;
+use sha2::{Digest, Sha256};
+
+use crate::replication::pgoutput::{Datum, OldTuple, Tuple};
+
+/// A table as the stream last described it (Relation message + catalog).
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Relation OID.
+    pub id: u32,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in table order.
+    pub columns: Vec<Column>,
+    /// Indices of the primary key columns, in key order (`record_pks`).
+    pub primary_key: Vec<usize>,
+    /// Indices of the columns that make the FIFO message group (default: the primary key).
+    pub group_key: Vec<usize>,
+    /// `schema.table`, for logs, metrics and message attributes.
+    pub qualified: String,
+    /// `"metadata":{"table_schema":…,"table_name":…,"commit_timestamp":`, rendered once.
+    metadata_head: String,
+}
+
+/// A column of a [`Table`].
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// How its values are written.
+    pub kind: TypeKind,
+    /// Part of the replica identity key.
+    pub identity: bool,
+    /// `"name":`, rendered once.
+    json_key: String,
+}
+
+impl Column {
+    /// A column.
+    pub fn new(name: String, kind: TypeKind, identity: bool) -> Self {
+        let mut json_key = String::with_capacity(name.len() + 3);
+        write_str(&mut json_key, &name);
+        json_key.push(':');
+        Column {
+            name,
+            kind,
+            identity,
+            json_key,
+        }
+    }
+}
+
+impl Table {
+    /// A table. `group_key` empty means: group by the primary key.
+    pub fn new(
+        id: u32,
+        schema: String,
+        name: String,
+        columns: Vec<Column>,
+        primary_key: Vec<usize>,
+        group_key: Vec<usize>,
+    ) -> Self {
+        let mut metadata_head = String::from("\"metadata\":{\"table_schema\":");
+        write_str(&mut metadata_head, &schema);
+        metadata_head.push_str(",\"table_name\":");
+        write_str(&mut metadata_head, &name);
+        metadata_head.push_str(",\"commit_timestamp\":");
+        let group_key = if group_key.is_empty() {
+            primary_key.clone()
+        } else {
+            group_key
+        };
+        Table {
+            id,
+            qualified: format!("{schema}.{name}"),
+            schema,
+            name,
+            columns,
+            primary_key,
+            group_key,
+            metadata_head,
+        }
+    }
+}
+
+/// One change event, ready for a sink.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Position in the stream, assigned by the progress tracker.
+    pub seq: u64,
+    /// Commit LSN of the transaction.
+    pub commit_lsn: u64,
+    /// Position within the transaction.
+    pub commit_idx: u64,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_micros: i64,
+    /// The kind of change.
+    pub action: Action,
+    /// The table.
+    pub table: Arc<Table>,
+    /// FIFO `MessageGroupId`: `schema.table:pk…`, or its SHA-256 when SQS would refuse it.
+    pub group_id: String,
+    /// The idempotency key (also the FIFO `MessageDeduplicationId`).
+    pub idempotency_key: String,
+    /// The event's JSON.
+    pub payload: String,
+}
+
+/// The transaction the next changes belong to.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Commit LSN (known at Begin).
+    pub commit_lsn: u64,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_micros: i64,
+    commit_timestamp_json: String,
+    /// JSON set by `sequin:transaction_annotations.set`, for the changes after it.
+    pub annotations: Option<String>,
+    /// The next change's `commit_idx`.
+    pub next_idx: u64,
+}
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (the Postgres epoch).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+impl Transaction {
+    /// A transaction from its Begin message (`commit_time` in Postgres epoch microseconds).
+    pub fn begin(commit_lsn: u64, commit_time: i64) -> Self {
+        let commit_time_micros = commit_time + PG_EPOCH_OFFSET_MICROS;
+        let mut commit_timestamp_json = String::with_capacity(30);
+        write_str(
+            &mut commit_timestamp_json,
+            &change_event::format_timestamp_micros(commit_time_micros),
+        );
+        Transaction {
+            commit_lsn,
+            commit_time_micros,
+            commit_timestamp_json,
+            annotations: None,
+            next_idx: 0,
+        }
+    }
+}
+
+/// A row change as decoded from the stream.
+#[derive(Debug)]
+pub enum RowChange<'a> {
+    /// Insert.
+    Insert(&'a Tuple<'a>),
+    /// Update, with the old image when the stream carried one.
+    Update(Option<&'a OldTuple<'a>>, &'a Tuple<'a>),
+    /// Delete.
+    Delete(&'a OldTuple<'a>),
+}
+
+/// Why a change could not become an event. Definite: it needs a person.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The tuple does not match the relation the stream described.
+    #[error("{table}: tuple has {got} columns, relation has {want}")]
+    ColumnCount {
+        /// The table.
+        table: String,
+        /// Columns in the tuple.
+        got: usize,
+        /// Columns in the relation.
+        want: usize,
+    },
+    /// A value's text did not parse as its type (never includes the value).
+    #[error("{table}.{column}: {source}")]
+    Value {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What was wrong.
+        source: ValueError,
+    },
+    /// Binary-format values are never requested; receiving one is a bug.
+    #[error("{table}.{column}: unexpected binary value")]
+    Binary {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+}
+
+/// Writes events. Holds the parts of the JSON that never change.
+#[derive(Debug, Clone)]
+pub struct EventBuilder {
+    /// `,"database_name":…,"consumer":{…},"database":{…}}}`
+    suffix: String,
+}
+
+const UNCHANGED_TOAST: &str = "\"unchanged_toast\"";
+
+impl EventBuilder {
+    /// A builder for one source and sink.
+    pub fn new(consumer: &change_event::Consumer, database: &change_event::Database) -> Self {
+        let mut suffix = String::from(",\"database_name\":");
+        write_str(&mut suffix, &database.name);
+        suffix.push_str(",\"consumer\":");
+        suffix.push_str(&serde_json::to_string(consumer).unwrap_or_else(|_| "null".into()));
+        suffix.push_str(",\"database\":");
+        suffix.push_str(&serde_json::to_string(database).unwrap_or_else(|_| "null".into()));
+        suffix.push_str("}}");
+        EventBuilder { suffix }
+    }
+
+    /// Builds the event for one change and advances the transaction's `commit_idx`.
+    pub fn build(
+        &self,
+        tx: &mut Transaction,
+        table: &Arc<Table>,
+        change: RowChange<'_>,
+    ) -> Result<Event, EventError> {
+        let (action, record, old) = match change {
+            RowChange::Insert(new) => (Action::Insert, new, None),
+            RowChange::Update(old, new) => (Action::Update, new, old),
+            RowChange::Delete(old) => (Action::Delete, old.tuple(), None),
+        };
+        let want = table.columns.len();
+        for t in std::iter::once(record).chain(old.map(OldTuple::tuple)) {
+            if t.len() != want {
+                return Err(EventError::ColumnCount {
+                    table: table.qualified.clone(),
+                    got: t.len(),
+                    want,
+                });
+            }
+        }
+        let full_old = match old {
+            Some(OldTuple::Full(t)) => Some(t),
+            _ => None,
+        };
+        // Unchanged TOAST values are filled from the old row when the stream carried it.
+        let value_at = |i: usize| -> Datum<'_> {
+            match (record[i], full_old) {
+                (Datum::UnchangedToast, Some(o)) => o[i],
+                (d, _) => d,
+            }
+        };
+
+        let mut out = String::with_capacity(512);
+        out.push_str("{\"record\":{");
+        for (i, col) in table.columns.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&col.json_key);
+            write_datum(&mut out, table, col, value_at(i))?;
+        }
+        out.push_str("},\"changes\":");
+        if action == Action::Update {
+            out.push('{');
+            if let Some(old) = old {
+                let mut first = true;
+                let key_only = matches!(old, OldTuple::Key(_));
+                for (i, col) in table.columns.iter().enumerate() {
+                    if key_only && !col.identity {
+                        continue;
+                    }
+                    let before = old.tuple()[i];
+                    if before == Datum::UnchangedToast || before == value_at(i) {
+                        continue;
+                    }
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str(&col.json_key);
+                    write_datum(&mut out, table, col, before)?;
+                }
+            }
+            out.push('}');
+        } else {
+            out.push_str("null");
+        }
+        out.push_str(",\"action\":\"");
+        out.push_str(action.as_str());
+        out.push_str("\",");
+        out.push_str(&table.metadata_head);
+        out.push_str(&tx.commit_timestamp_json);
+        let idx = tx.next_idx;
+        tx.next_idx += 1;
+        let idempotency_key = change_event::idempotency_key(tx.commit_lsn, idx);
+        let _ = write!(
+            out,
+            ",\"commit_lsn\":{},\"commit_idx\":{idx},\"idempotency_key\":\"{idempotency_key}\",\"record_pks\":[",
+            tx.commit_lsn
+        );
+        for (n, &i) in table.primary_key.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            match value_at(i) {
+                Datum::Text(t) => write_str(&mut out, &String::from_utf8_lossy(t)),
+                _ => out.push_str("null"),
+            }
+        }
+        out.push_str("],\"transaction_annotations\":");
+        out.push_str(tx.annotations.as_deref().unwrap_or("null"));
+        out.push_str(&self.suffix);
+
+        Ok(Event {
+            seq: 0,
+            commit_lsn: tx.commit_lsn,
+            commit_idx: idx,
+            commit_time_micros: tx.commit_time_micros,
+            action,
+            group_id: group_id(table, &value_at),
+            table: Arc::clone(table),
+            idempotency_key,
+            payload: out,
+        })
+    }
+}
+
+fn write_datum(
+    out: &mut String,
+    table: &Table,
+    col: &Column,
+    datum: Datum<'_>,
+) -> Result<(), EventError> {
+    match datum {
+        Datum::Null => out.push_str("null"),
+        Datum::UnchangedToast => out.push_str(UNCHANGED_TOAST),
+        Datum::Text(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|_| EventError::Value {
+                table: table.qualified.clone(),
+                column: col.name.clone(),
+                source: ValueError::not_utf8(),
+            })?;
+            write_value(out, &col.kind, text).map_err(|source| EventError::Value {
+                table: table.qualified.clone(),
+                column: col.name.clone(),
+                source,
+            })?;
+        }
+        Datum::Binary(_) => {
+            return Err(EventError::Binary {
+                table: table.qualified.clone(),
+                column: col.name.clone(),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// `schema.table:v1:v2…` over the group columns; its SHA-256 hex when over
+/// 128 characters or holding characters SQS refuses in a `MessageGroupId`.
+fn group_id<'a>(table: &Table, value_at: &impl Fn(usize) -> Datum<'a>) -> String {
+    let mut id = table.qualified.clone();
+    for &i in &table.group_key {
+        id.push(':');
+        match value_at(i) {
+            Datum::Text(t) => id.push_str(&String::from_utf8_lossy(t)),
+            _ => id.push_str("null"),
+        }
+    }
+    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        id
+    } else {
+        hex::encode(Sha256::digest(id.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use change_event::{ChangeEvent, Consumer, Database};
+    use serde_json::json;
+
+    fn users() -> Arc<Table> {
+        Arc::new(Table::new(
+            1,
+            "public".into(),
+            "users".into(),
+            vec![
+                Column::new("id".into(), TypeKind::Integer, true),
+                Column::new("name".into(), TypeKind::Text, false),
+                Column::new("bio".into(), TypeKind::Text, false),
+            ],
+            vec![0],
+            vec![],
+        ))
+    }
+
+    fn builder() -> EventBuilder {
+        EventBuilder::new(
+            &Consumer {
+                id: "c".into(),
+                name: "users_sqs".into(),
+                ..Default::default()
+            },
+            &Database {
+                id: "d".into(),
+                name: "app".into(),
+                database: "app".into(),
+                hostname: "localhost".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn parse(e: &Event) -> ChangeEvent {
+        serde_json::from_str(&e.payload).expect("valid event JSON")
+    }
+
+    #[test]
+    fn insert_event_matches_the_model() {
+        let mut tx = Transaction::begin(123456789, 0);
+        let new = vec![Datum::Text(b"1"), Datum::Text(b"alice"), Datum::Null];
+        let e = builder()
+            .build(&mut tx, &users(), RowChange::Insert(&new))
+            .expect("event");
+        let ev = parse(&e);
+        assert_eq!(ev.record, json!({"id": 1, "name": "alice", "bio": null}));
+        assert_eq!(ev.changes, None);
+        assert_eq!(ev.metadata.commit_timestamp, "2000-01-01T00:00:00.000000Z");
+        assert_eq!(ev.metadata.idempotency_key, "MTIzNDU2Nzg5OjA=");
+        assert_eq!(ev.metadata.record_pks, vec!["1"]);
+        assert_eq!(ev.metadata.database_name, "app");
+        assert_eq!(ev.metadata.consumer.name, "users_sqs");
+        assert_eq!(e.group_id, "public.users:1");
+        assert_eq!(tx.next_idx, 1);
+    }
+
+    #[test]
+    fn update_changes_and_toast() {
+        let mut tx = Transaction::begin(1, 0);
+        let b = builder();
+        let new = vec![
+            Datum::Text(b"1"),
+            Datum::Text(b"alicia"),
+            Datum::UnchangedToast,
+        ];
+        // Without an old tuple: changes is {} and the TOAST value is marked.
+        let e = b
+            .build(&mut tx, &users(), RowChange::Update(None, &new))
+            .expect("event");
+        let ev = parse(&e);
+        assert_eq!(ev.changes, Some(serde_json::Map::new()));
+        assert_eq!(ev.record["bio"], json!("unchanged_toast"));
+        // With FULL: the TOAST value is filled in, changes has old values of changed columns.
+        let old = OldTuple::Full(vec![
+            Datum::Text(b"1"),
+            Datum::Text(b"alice"),
+            Datum::Text(b"long"),
+        ]);
+        let ev = parse(
+            &b.build(&mut tx, &users(), RowChange::Update(Some(&old), &new))
+                .expect("event"),
+        );
+        assert_eq!(ev.record["bio"], json!("long"));
+        assert_eq!(json!(ev.changes), json!({"name": "alice"}));
+        assert_eq!(ev.metadata.commit_idx, 1);
+    }
+
+    #[test]
+    fn delete_and_annotations() {
+        let mut tx = Transaction::begin(1, 0);
+        tx.annotations = Some(r#"{"by":"admin"}"#.into());
+        let old = OldTuple::Key(vec![Datum::Text(b"7"), Datum::Null, Datum::Null]);
+        let ev = parse(
+            &builder()
+                .build(&mut tx, &users(), RowChange::Delete(&old))
+                .expect("event"),
+        );
+        assert_eq!(ev.record, json!({"id": 7, "name": null, "bio": null}));
+        assert_eq!(ev.transaction_annotations(), Some(&json!({"by": "admin"})));
+    }
+
+    trait Ann {
+        fn transaction_annotations(&self) -> Option<&serde_json::Value>;
+    }
+    impl Ann for ChangeEvent {
+        fn transaction_annotations(&self) -> Option<&serde_json::Value> {
+            self.metadata.transaction_annotations.as_ref()
+        }
+    }
+
+    #[test]
+    fn long_or_odd_group_ids_are_hashed() {
+        let mut tx = Transaction::begin(1, 0);
+        let tags = Arc::new(Table::new(
+            2,
+            "public".into(),
+            "tags".into(),
+            vec![Column::new("name".into(), TypeKind::Text, true)],
+            vec![0],
+            vec![],
+        ));
+        let mut group = |pk: &str| {
+            let new = vec![Datum::Text(pk.as_bytes())];
+            builder()
+                .build(&mut tx, &tags, RowChange::Insert(&new))
+                .expect("event")
+                .group_id
+        };
+        assert_eq!(group("ok:fine"), "public.tags:ok:fine");
+        assert_eq!(group(&"x".repeat(200)).len(), 64);
+        assert_eq!(group("a b").len(), 64);
+        assert_eq!(group("ünï").len(), 64);
+    }
+
+    #[test]
+    fn mismatched_tuple_is_an_error() {
+        let mut tx = Transaction::begin(1, 0);
+        let new = vec![Datum::Text(b"1")];
+        assert!(matches!(
+            builder().build(&mut tx, &users(), RowChange::Insert(&new)),
+            Err(EventError::ColumnCount { got: 1, want: 3, .. })
+        ));
+    }
+}

@@ -1,0 +1,23 @@
+//! walcast streamer: Postgres changes, read from a logical replication slot,
+//! delivered as change events.
+//!
+//! A tour of the crate:
+//!
+//! - [`config`]: the one configuration (YAML + `WALCAST_*` environment), validated once.
+//! - [`replication`]: the slot. [`replication::transport`] wraps the
+//!   replication connection, [`replication::pgoutput`] decodes the protocol,
+//!   [`replication::catalog`] sets up the slot and publication and resolves types.
+//! - [`event`]: a row change → the JSON of the change event (exact value mapping).
+//! - [`sink`]: where events go, and the delivery contract every sink keeps.
+//! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
+//! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
+//! - [`check`]: `streamer check`, a diagnosis of the database.
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod config;
+pub mod event;
+pub mod pipeline;
+pub mod progress;
+pub mod replication;
+pub mod sink;

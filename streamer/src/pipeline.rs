@@ -1,0 +1,384 @@
+//! The pipeline: slot → decoder → events → sink, with progress confirmed
+//! back to Postgres only for what the sink accepted.
+//!
+//! One session is one replication connection. A transient error ends the
+//! session: the sink is drained (what it holds is delivered), and a new
+//! session resumes from the slot after a jittered, capped backoff. A definite
+//! error, or the shutdown signal, ends the run.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::event::{EventBuilder, RowChange, Table, Transaction};
+use crate::progress::Tracker;
+use crate::replication::catalog::{format_lsn, Catalog};
+use crate::replication::pgoutput::{self, PgOutput};
+use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
+use crate::replication::ReplicationError;
+use crate::sink::{Sink, SinkError};
+
+/// Logical message prefixes that set and clear transaction annotations (Sequin's).
+pub const ANNOTATIONS_SET: &str = "sequin:transaction_annotations.set";
+/// See [`ANNOTATIONS_SET`].
+pub const ANNOTATIONS_CLEAR: &str = "sequin:transaction_annotations.clear";
+
+/// Why the run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading the slot failed for good.
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The sink failed for good.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Opens replication sessions (a trait so tests can script the stream).
+pub trait Connector: Send + Sync {
+    /// The stream type.
+    type Stream: WalStream;
+    /// Opens a stream at the slot's confirmed position; `ack_lsn` is what we have confirmed.
+    fn connect(&self, ack_lsn: u64) -> impl Future<Output = Result<Self::Stream, ReplicationError>> + Send;
+}
+
+/// Connects with pgwire-replication.
+pub struct PgConnector {
+    info: ConnectInfo,
+    slot: String,
+    publication: String,
+}
+
+impl PgConnector {
+    /// From the configuration.
+    pub fn new(config: &Config) -> Self {
+        PgConnector {
+            info: ConnectInfo::from_config(&config.postgres(), config.source.url.expose()),
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+        }
+    }
+}
+
+impl Connector for PgConnector {
+    type Stream = transport::PgwireStream;
+    async fn connect(&self, ack_lsn: u64) -> Result<Self::Stream, ReplicationError> {
+        transport::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
+    }
+}
+
+/// How the shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// The LSN confirmed last.
+    pub confirmed: u64,
+}
+
+/// The pipeline.
+pub struct Pipeline<S: Sink, C: Connector> {
+    config: Arc<Config>,
+    connector: C,
+    sink: S,
+    tracker: Tracker,
+    builder: EventBuilder,
+    /// How long a shutdown waits for the sink to deliver what it holds.
+    pub drain_timeout: Duration,
+}
+
+enum SessionEnd {
+    Shutdown,
+}
+
+impl<S: Sink, C: Connector> Pipeline<S, C> {
+    /// A pipeline. `tracker` is the one the sink reports to, started at the slot's confirmed LSN.
+    pub fn new(config: Arc<Config>, connector: C, sink: S, tracker: Tracker) -> Self {
+        let builder = EventBuilder::new(&consumer_meta(&config), &database_meta(&config));
+        Pipeline {
+            config,
+            connector,
+            sink,
+            tracker,
+            builder,
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Runs until `shutdown` resolves (then drains and confirms) or a definite error.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Stopped, PipelineError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            match self.session(&mut shutdown).await {
+                Ok(SessionEnd::Shutdown) => {
+                    return Ok(Stopped {
+                        confirmed: self.tracker.confirmable(),
+                    })
+                }
+                Err(PipelineError::Replication(e)) if e.is_transient() => {
+                    failures += 1;
+                    let delay = backoff(failures);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
+                    // Deliver what the sink holds before the slot sends it again.
+                    self.sink.flush().await?;
+                    tokio::select! {
+                        _ = &mut shutdown => {
+                            self.drain().await;
+                            return Ok(Stopped { confirmed: self.tracker.confirmable() });
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> bool {
+        if let Err(e) = self.sink.flush().await {
+            tracing::error!(error = %e, "sink failed while draining");
+            return false;
+        }
+        tokio::time::timeout(self.drain_timeout, self.tracker.drained())
+            .await
+            .is_ok()
+    }
+
+    async fn session(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<SessionEnd, PipelineError> {
+        let slot = self.config.source.slot.clone();
+        let mut catalog = Catalog::connect(&self.config.postgres(), &slot).await?;
+        let mut stream = self.connector.connect(self.tracker.confirmable()).await?;
+        self.tracker.reset_transaction();
+        tracing::info!(slot = %slot, confirmed = %format_lsn(self.tracker.confirmable()), "streaming");
+        let mut relations: HashMap<u32, Arc<Table>> = HashMap::new();
+        let mut tx: Option<Transaction> = None;
+        let mut confirm_rx = self.tracker.subscribe();
+        let mut unflushed = false;
+
+        loop {
+            // Take what is ready; when nothing is, flush the sink before waiting.
+            let msg = match tokio::time::timeout(Duration::ZERO, stream.recv()).await {
+                Ok(msg) => msg,
+                Err(_) => {
+                    if unflushed {
+                        self.sink.flush().await?;
+                        unflushed = false;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.as_mut() => {
+                            let drained = self.drain().await;
+                            let lsn = self.tracker.confirmable();
+                            stream.confirm(lsn);
+                            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                            while stream.confirm_pending() && tokio::time::Instant::now() < deadline {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            stream.close().await;
+                            // If the last status update did not make it, move the slot ourselves.
+                            if let Ok(Some((at, false))) = catalog.slot_position(&slot).await {
+                                if at < lsn {
+                                    let _ = catalog.advance_slot(&slot, lsn).await;
+                                }
+                            }
+                            tracing::info!(confirmed = %format_lsn(lsn), drained, "stopped");
+                            return Ok(SessionEnd::Shutdown);
+                        }
+                        _ = confirm_rx.changed() => {
+                            stream.confirm(*confirm_rx.borrow_and_update());
+                            continue;
+                        }
+                        msg = stream.recv() => msg,
+                    }
+                }
+            };
+            match msg? {
+                WalMessage::Begin {
+                    final_lsn,
+                    commit_time,
+                } => {
+                    self.tracker.begin();
+                    tx = Some(Transaction::begin(final_lsn, commit_time));
+                }
+                WalMessage::Commit { end_lsn } => {
+                    tx = None;
+                    self.tracker.commit(end_lsn);
+                }
+                WalMessage::KeepAlive { wal_end } => {
+                    if tx.is_none() && !unflushed {
+                        self.tracker.idle(wal_end);
+                    }
+                }
+                WalMessage::Message {
+                    transactional,
+                    prefix,
+                    content,
+                } => {
+                    if let (true, Some(tx)) = (transactional, tx.as_mut()) {
+                        annotate(tx, &prefix, &content);
+                    }
+                }
+                WalMessage::Data(data) => {
+                    let decoded = pgoutput::decode(&data).map_err(|e| {
+                        ReplicationError::Definite(format!("{e} (please report this as a bug)"))
+                    })?;
+                    match decoded {
+                        PgOutput::Relation {
+                            id,
+                            namespace,
+                            name,
+                            columns,
+                            ..
+                        } => {
+                            let group = self.config.group_columns(namespace, name);
+                            let table = catalog.table(id, namespace, name, &columns, group).await?;
+                            tracing::debug!(table = %table.qualified, columns = table.columns.len(), "relation");
+                            relations.insert(id, Arc::new(table));
+                        }
+                        PgOutput::Insert { relation, new } => {
+                            self.emit(&relations, tx.as_mut(), relation, RowChange::Insert(&new))
+                                .await?;
+                            unflushed = true;
+                        }
+                        PgOutput::Update { relation, old, new } => {
+                            self.emit(
+                                &relations,
+                                tx.as_mut(),
+                                relation,
+                                RowChange::Update(old.as_ref(), &new),
+                            )
+                            .await?;
+                            unflushed = true;
+                        }
+                        PgOutput::Delete { relation, old } => {
+                            self.emit(&relations, tx.as_mut(), relation, RowChange::Delete(&old))
+                                .await?;
+                            unflushed = true;
+                        }
+                        PgOutput::Truncate { relations: rels, .. } => {
+                            let names: Vec<&str> = rels
+                                .iter()
+                                .filter_map(|r| relations.get(r).map(|t| t.qualified.as_str()))
+                                .collect();
+                            tracing::warn!(tables = ?names, "TRUNCATE is not streamed as events: consumers keep the rows they had");
+                        }
+                        PgOutput::Message {
+                            transactional,
+                            prefix,
+                            content,
+                            ..
+                        } => {
+                            if let (true, Some(tx)) = (transactional, tx.as_mut()) {
+                                annotate(tx, prefix, content);
+                            }
+                        }
+                        PgOutput::Begin { .. }
+                        | PgOutput::Commit { .. }
+                        | PgOutput::Origin { .. }
+                        | PgOutput::Type { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn emit(
+        &mut self,
+        relations: &HashMap<u32, Arc<Table>>,
+        tx: Option<&mut Transaction>,
+        relation: u32,
+        change: RowChange<'_>,
+    ) -> Result<(), PipelineError> {
+        let tx = tx.ok_or_else(|| {
+            ReplicationError::Definite("a change arrived outside a transaction".into())
+        })?;
+        let table = relations.get(&relation).ok_or_else(|| {
+            ReplicationError::Definite(format!(
+                "a change for relation {relation} arrived before its Relation message"
+            ))
+        })?;
+        let mut event = self
+            .builder
+            .build(tx, table, change)
+            .map_err(|e| ReplicationError::Definite(e.to_string()))?;
+        event.seq = self.tracker.register();
+        self.sink.send(event).await?;
+        Ok(())
+    }
+}
+
+/// Applies a transaction-annotations message to the rest of the transaction.
+fn annotate(tx: &mut Transaction, prefix: &str, content: &[u8]) {
+    match prefix {
+        ANNOTATIONS_SET => match serde_json::from_slice::<serde_json::Value>(content) {
+            Ok(v) => tx.annotations = Some(v.to_string()),
+            Err(e) => tracing::warn!(error = %e, "ignoring transaction annotations that are not JSON"),
+        },
+        ANNOTATIONS_CLEAR => tx.annotations = None,
+        _ => {}
+    }
+}
+
+/// Capped exponential backoff with jitter: ~0.5 s, 1 s, 2 s … up to 30 s.
+fn backoff(failures: u32) -> Duration {
+    let base = 500u64.saturating_mul(1 << failures.min(6).saturating_sub(1)).min(30_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
+}
+
+/// The sink's metadata block.
+pub fn consumer_meta(config: &Config) -> change_event::Consumer {
+    change_event::Consumer {
+        id: config.sink.id.clone().unwrap_or_else(|| config.sink.name.clone()),
+        name: config.sink.name.clone(),
+        annotations: config.sink.annotations.clone(),
+    }
+}
+
+/// The source's metadata block.
+pub fn database_meta(config: &Config) -> change_event::Database {
+    let pg = config.postgres();
+    let dbname = pg.get_dbname().unwrap_or("postgres").to_owned();
+    let hostname = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let name = config.source.name.clone().unwrap_or_else(|| dbname.clone());
+    change_event::Database {
+        id: config.source.id.clone().unwrap_or_else(|| name.clone()),
+        name,
+        annotations: config.source.annotations.clone(),
+        database: dbname,
+        hostname,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_grows() {
+        assert!(backoff(1) <= Duration::from_millis(500));
+        assert!(backoff(3) >= Duration::from_millis(1000));
+        assert!(backoff(50) <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn annotations_set_and_clear() {
+        let mut tx = Transaction::begin(1, 0);
+        annotate(&mut tx, ANNOTATIONS_SET, br#"{"a": 1}"#);
+        assert_eq!(tx.annotations.as_deref(), Some(r#"{"a":1}"#));
+        annotate(&mut tx, ANNOTATIONS_SET, b"not json");
+        assert_eq!(tx.annotations.as_deref(), Some(r#"{"a":1}"#));
+        annotate(&mut tx, ANNOTATIONS_CLEAR, b"");
+        assert_eq!(tx.annotations, None);
+    }
+}

@@ -1,0 +1,275 @@
+//! Replication progress: which LSN may be confirmed to Postgres.
+//!
+//! Every event gets a sequence number when it is handed to the sink. Sinks
+//! accept events in any order (batches of different message groups finish
+//! out of order); the tracker keeps the lowest sequence number not yet
+//! accepted (the *low-water mark*). A transaction's `end_lsn` becomes
+//! confirmable once every event registered before its Commit is accepted.
+//!
+//! ```text
+//!   seq:      0  1  2 | 3  4 | 5        (| = a Commit, with its end_lsn)
+//!   accepted: ✓  ✓  ✓ | ✓  ✗ | ✓
+//!                     ^ confirmable: the first commit's end_lsn
+//! ```
+//!
+//! The confirmed LSN only moves forward. With nothing in flight and no
+//! transaction open, a keepalive's `wal_end` is confirmable too, so an idle
+//! publication never pins WAL.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+/// Shared between the pipeline (registers events and commits) and the sinks
+/// (accept events). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    inner: std::sync::Arc<Mutex<Inner>>,
+    confirmable: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sequence number of `accepted[0]`: the low-water mark.
+    base: u64,
+    /// Accepted flags of the events from `base` on.
+    accepted: VecDeque<bool>,
+    /// (sequence number after the transaction's last event, end_lsn), in order.
+    commits: VecDeque<(u64, u64)>,
+    /// A transaction is open (Begin seen, Commit not yet).
+    in_transaction: bool,
+    confirmable: u64,
+}
+
+impl Inner {
+    fn next_seq(&self) -> u64 {
+        self.base + self.accepted.len() as u64
+    }
+
+    fn advance(&mut self) -> Option<u64> {
+        while self.accepted.front() == Some(&true) {
+            self.accepted.pop_front();
+            self.base += 1;
+        }
+        let before = self.confirmable;
+        while let Some(&(after, lsn)) = self.commits.front() {
+            if after > self.base {
+                break;
+            }
+            self.commits.pop_front();
+            self.confirmable = self.confirmable.max(lsn);
+        }
+        (self.confirmable > before).then_some(self.confirmable)
+    }
+}
+
+impl Tracker {
+    /// A tracker whose confirmable LSN starts at `start` (the slot's confirmed position).
+    pub fn new(start: u64) -> Self {
+        let inner = Inner {
+            confirmable: start,
+            ..Inner::default()
+        };
+        Tracker {
+            inner: std::sync::Arc::new(Mutex::new(inner)),
+            confirmable: watch::Sender::new(start),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves only plain numbers behind.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, advanced: Option<u64>) {
+        if let Some(lsn) = advanced {
+            self.confirmable.send_replace(lsn);
+        }
+    }
+
+    /// A transaction begins: keepalives no longer move progress until it commits.
+    pub fn begin(&self) {
+        self.lock().in_transaction = true;
+    }
+
+    /// Assigns the next sequence number to an event about to be handed to the sink.
+    pub fn register(&self) -> u64 {
+        let mut g = self.lock();
+        g.accepted.push_back(false);
+        g.next_seq() - 1
+    }
+
+    /// The sink accepted (durably) the event with this sequence number.
+    pub fn accept(&self, seq: u64) {
+        self.accept_all(std::iter::once(seq));
+    }
+
+    /// The sink accepted these events.
+    pub fn accept_all(&self, seqs: impl IntoIterator<Item = u64>) {
+        let advanced = {
+            let mut g = self.lock();
+            for seq in seqs {
+                debug_assert!(seq < g.next_seq(), "accepting an unregistered event");
+                if let Some(i) = seq.checked_sub(g.base) {
+                    if let Some(flag) = g.accepted.get_mut(i as usize) {
+                        *flag = true;
+                    }
+                }
+            }
+            g.advance()
+        };
+        self.publish(advanced);
+    }
+
+    /// The open transaction committed; `end_lsn` is confirmable once its events are accepted.
+    pub fn commit(&self, end_lsn: u64) {
+        let advanced = {
+            let mut g = self.lock();
+            g.in_transaction = false;
+            let after = g.next_seq();
+            g.commits.push_back((after, end_lsn));
+            g.advance()
+        };
+        self.publish(advanced);
+    }
+
+    /// The stream is at `wal_end` (keepalive): confirmable if nothing is in flight.
+    pub fn idle(&self, wal_end: u64) {
+        let advanced = {
+            let mut g = self.lock();
+            if g.in_transaction || !g.accepted.is_empty() || !g.commits.is_empty() {
+                None
+            } else {
+                let before = g.confirmable;
+                g.confirmable = g.confirmable.max(wal_end);
+                (g.confirmable > before).then_some(g.confirmable)
+            }
+        };
+        self.publish(advanced);
+    }
+
+    /// A new replication session starts: a transaction left open by the old one
+    /// will be sent again from its Begin.
+    pub fn reset_transaction(&self) {
+        self.lock().in_transaction = false;
+    }
+
+    /// The highest LSN at and below which every event was accepted.
+    pub fn confirmable(&self) -> u64 {
+        *self.confirmable.borrow()
+    }
+
+    /// Wakes when the confirmable LSN moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.confirmable.subscribe()
+    }
+
+    /// Events registered but not yet accepted.
+    pub fn in_flight(&self) -> u64 {
+        let g = self.lock();
+        g.accepted.iter().filter(|a| !**a).count() as u64
+    }
+
+    /// Waits until every registered event is accepted.
+    pub async fn drained(&self) {
+        let mut rx = self.subscribe();
+        loop {
+            {
+                let g = self.lock();
+                if g.accepted.is_empty() {
+                    return;
+                }
+            }
+            // Any acceptance that empties the window also advances `base`; poll on
+            // changes of the confirmable LSN, with a short fallback tick.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), rx.changed()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirms_only_fully_accepted_transactions() {
+        let t = Tracker::new(10);
+        t.begin();
+        let a = t.register();
+        let b = t.register();
+        t.commit(100);
+        t.begin();
+        let c = t.register();
+        t.commit(200);
+        assert_eq!(t.confirmable(), 10);
+        t.accept(c);
+        assert_eq!(t.confirmable(), 10, "a later transaction must not pass an earlier one");
+        t.accept(b);
+        assert_eq!(t.confirmable(), 10);
+        t.accept(a);
+        assert_eq!(t.confirmable(), 200);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn partial_transaction_holds_progress() {
+        let t = Tracker::new(0);
+        t.begin();
+        let a = t.register();
+        t.commit(50);
+        t.accept(a);
+        assert_eq!(t.confirmable(), 50);
+        t.begin();
+        let b = t.register();
+        t.accept(b);
+        assert_eq!(t.confirmable(), 50, "no commit yet");
+        t.idle(500);
+        assert_eq!(t.confirmable(), 50, "keepalive inside a transaction is ignored");
+        t.commit(60);
+        assert_eq!(t.confirmable(), 60);
+    }
+
+    #[test]
+    fn keepalive_advances_when_idle_and_never_backwards() {
+        let t = Tracker::new(100);
+        t.idle(90);
+        assert_eq!(t.confirmable(), 100);
+        t.idle(300);
+        assert_eq!(t.confirmable(), 300);
+        t.begin();
+        let a = t.register();
+        t.commit(400);
+        t.idle(500);
+        assert_eq!(t.confirmable(), 300, "an event is in flight");
+        t.accept(a);
+        assert_eq!(t.confirmable(), 400);
+        t.idle(500);
+        assert_eq!(t.confirmable(), 500);
+    }
+
+    #[test]
+    fn empty_transaction_confirms_at_commit() {
+        let t = Tracker::new(0);
+        t.begin();
+        t.commit(42);
+        assert_eq!(t.confirmable(), 42);
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_acceptance() {
+        let t = Tracker::new(0);
+        t.begin();
+        let a = t.register();
+        t.commit(5);
+        let t2 = t.clone();
+        let h = tokio::spawn(async move { t2.drained().await });
+        tokio::task::yield_now().await;
+        assert!(!h.is_finished());
+        t.accept(a);
+        tokio::time::timeout(std::time::Duration::from_secs(2), h)
+            .await
+            .expect("drained in time")
+            .expect("task");
+    }
+}

@@ -1,0 +1,96 @@
+//! Reading a logical replication slot.
+//!
+//! ```text
+//!   Postgres ──START_REPLICATION (pgoutput)──▶ transport ──▶ pgoutput decoder
+//!      ▲   ◀─── standby status (confirmed LSN) ───┘                 │
+//!      │                                                             ▼
+//!      └── catalog (SQL): types, primary keys, slot, publication   pipeline ──▶ sink
+//! ```
+//!
+//! - **Setup** is idempotent: the publication and the slot are created when
+//!   missing and reused when present (`catalog::ensure_*`).
+//! - **Streaming** starts at the slot's `confirmed_flush_lsn`, so a restart
+//!   resumes exactly after the last transaction every event of which the sink
+//!   accepted: nothing is skipped, and what was in flight is sent again.
+//! - **Progress** is confirmed on a timer by the transport, from the
+//!   [`Tracker`](crate::progress::Tracker); when nothing is in flight a
+//!   keepalive's `wal_end` is confirmed, so idle tables never pin WAL.
+//! - **Errors** come in two kinds. Transient ones (connection lost, server
+//!   restarting, slot still held by a previous connection) reconnect with
+//!   backoff and resume from the slot. Definite ones (slot or publication
+//!   dropped, permission denied, bad password) stop the streamer with a
+//!   message that says what to do. The stream ending is always an error.
+
+pub mod catalog;
+pub mod pgoutput;
+pub mod transport;
+
+/// Why reading the slot stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// Reconnect and resume from the slot.
+    #[error("{0}")]
+    Transient(String),
+    /// Needs a person: the message says what to do.
+    #[error("{0}")]
+    Definite(String),
+}
+
+impl ReplicationError {
+    /// Transient errors are retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReplicationError::Transient(_))
+    }
+}
+
+/// Classifies a server error by its SQLSTATE (in the message text).
+pub(crate) fn classify_server_error(context: &str, message: &str, slot: &str) -> ReplicationError {
+    let code = message
+        .split("SQLSTATE ")
+        .nth(1)
+        .map(|s| s.chars().take(5).collect::<String>())
+        .unwrap_or_default();
+    classify_code(context, message, &code, slot)
+}
+
+pub(crate) fn classify_code(context: &str, message: &str, code: &str, slot: &str) -> ReplicationError {
+    let text = format!("{context}: {message}");
+    match code {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,
+        // object_in_use (the slot is still held by a previous connection), serialization.
+        "57P01" | "57P02" | "57P03" | "53300" | "55006" | "40001" | "08000" | "08003"
+        | "08006" | "08001" | "08004" => ReplicationError::Transient(text),
+        "42704" if message.contains("slot") => ReplicationError::Definite(format!(
+            "{text}. The replication slot `{slot}` was dropped: changes since it was dropped \
+             cannot be recovered from it. Restart the streamer to create it again, and backfill \
+             what was missed."
+        )),
+        "42704" if message.contains("publication") => ReplicationError::Definite(format!(
+            "{text}. The publication was dropped while streaming: restart the streamer to \
+             recreate it."
+        )),
+        "42501" => ReplicationError::Definite(format!(
+            "{text}. Grant the streamer's user the REPLICATION attribute (on RDS: \
+             GRANT rds_replication TO <user>) and SELECT on the published tables."
+        )),
+        "28P01" | "28000" => ReplicationError::Definite(format!(
+            "{text}. Check the user and password in source.url."
+        )),
+        "3D000" => ReplicationError::Definite(format!(
+            "{text}. Check the database name in source.url."
+        )),
+        "55000" if message.contains("wal_level") => ReplicationError::Definite(format!(
+            "{text}. Set wal_level = logical (on RDS: rds.logical_replication = 1) and restart Postgres."
+        )),
+        _ => ReplicationError::Definite(text),
+    }
+}
+
+/// Classifies an error of the SQL connection.
+pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> ReplicationError {
+    match e.as_db_error() {
+        Some(db) => classify_code(context, db.message(), db.code().code(), slot),
+        // Not from the server: the connection failed or closed.
+        None => ReplicationError::Transient(format!("{context}: {e}")),
+    }
+}

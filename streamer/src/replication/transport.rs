@@ -1,0 +1,242 @@
+//! The replication connection, behind a small trait of ours.
+//!
+//! `pgwire-replication` does the wire work: START_REPLICATION with
+//! `proto_version '1'`, `publication_names` and `messages 'true'`, SCRAM,
+//! TLS, keepalive replies and standby status updates on a timer. It splits
+//! out Begin, Commit and logical messages; everything else arrives as raw
+//! pgoutput bytes for our decoder.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+
+use super::{classify_server_error, ReplicationError};
+
+/// What the stream delivers.
+#[derive(Debug)]
+pub enum WalMessage {
+    /// A transaction begins.
+    Begin {
+        /// Commit LSN.
+        final_lsn: u64,
+        /// Commit time, Postgres epoch microseconds.
+        commit_time: i64,
+    },
+    /// The transaction ends.
+    Commit {
+        /// End of the commit record.
+        end_lsn: u64,
+    },
+    /// Any other pgoutput message, undecoded.
+    Data(Bytes),
+    /// `pg_logical_emit_message`.
+    Message {
+        /// Part of a transaction.
+        transactional: bool,
+        /// Prefix.
+        prefix: String,
+        /// Content.
+        content: Bytes,
+    },
+    /// The server is at `wal_end` and has nothing more for now.
+    KeepAlive {
+        /// Server WAL position.
+        wal_end: u64,
+    },
+}
+
+/// A replication stream.
+pub trait WalStream: Send {
+    /// The next message. The stream ending is an error, never a clean end.
+    fn recv(&mut self) -> impl Future<Output = Result<WalMessage, ReplicationError>> + Send;
+    /// Confirms everything up to `lsn` (monotonic; sent on the status timer).
+    fn confirm(&mut self, lsn: u64);
+    /// Whether a confirmed position has not reached the server yet.
+    fn confirm_pending(&self) -> bool;
+    /// Stops streaming and closes the connection.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Where and how to connect; built from `source.url`.
+#[derive(Clone)]
+pub struct ConnectInfo {
+    /// Host name, IP, or a Unix socket directory (starting with `/`).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Password (may be empty).
+    pub password: String,
+    /// Database.
+    pub database: String,
+    /// `sslmode`.
+    pub ssl_mode: String,
+}
+
+impl std::fmt::Debug for ConnectInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{} (sslmode={})",
+            self.user, self.host, self.port, self.database, self.ssl_mode
+        )
+    }
+}
+
+impl ConnectInfo {
+    /// From a validated connection string.
+    pub fn from_config(pg: &tokio_postgres::Config, url: &str) -> Self {
+        let host = match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let ssl_mode = url
+            .split(['?', '&', ' '])
+            .find_map(|kv| kv.strip_prefix("sslmode="))
+            .unwrap_or("prefer")
+            .to_owned();
+        ConnectInfo {
+            host,
+            port: pg.get_ports().first().copied().unwrap_or(5432),
+            user: pg.get_user().unwrap_or("postgres").to_owned(),
+            password: pg
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            database: pg.get_dbname().unwrap_or("postgres").to_owned(),
+            ssl_mode,
+        }
+    }
+}
+
+/// Session settings that make pgoutput's text output have one form per type.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c TimeZone=UTC \
+     -c bytea_output=hex -c extra_float_digits=1";
+
+/// The pgwire-replication stream.
+pub struct PgwireStream {
+    client: ReplicationClient,
+    slot: String,
+}
+
+/// Opens the replication stream at the slot's confirmed position.
+pub async fn connect(
+    info: &ConnectInfo,
+    slot: &str,
+    publication: &str,
+    ack_lsn: u64,
+) -> Result<PgwireStream, ReplicationError> {
+    let tls = match info.ssl_mode.as_str() {
+        "require" => TlsConfig::require(),
+        "verify-ca" => TlsConfig::verify_ca(None),
+        "verify-full" => TlsConfig::verify_full(None),
+        // disable, allow, prefer: plain (libpq's prefer would try TLS first; say
+        // sslmode=require to insist on it).
+        _ => TlsConfig::disabled(),
+    };
+    let mut cfg = ReplicationConfig::new(
+        info.host.clone(),
+        info.user.clone(),
+        info.password.clone(),
+        info.database.clone(),
+        slot,
+        publication,
+    )
+    .with_port(info.port)
+    .with_tls(tls)
+    .with_start_lsn(Lsn::ZERO)
+    .with_ack_lsn(Lsn::from_u64(ack_lsn))
+    .with_status_interval(Duration::from_secs(1))
+    .with_wakeup_interval(Duration::from_secs(10))
+    .with_buffer_size(1024)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name("walcast")
+    // Needed so `feedback_pending_since` reports whether the server has our position.
+    .with_feedback_observer(pgwire_replication::FeedbackObserver::new(|_| {}));
+    if info.host.starts_with('/') {
+        cfg.host = info.host.clone();
+    }
+    let client = ReplicationClient::connect(cfg)
+        .await
+        .map_err(|e| classify("connecting for replication", e, slot))?;
+    Ok(PgwireStream {
+        client,
+        slot: slot.to_owned(),
+    })
+}
+
+fn classify(context: &str, e: PgWireError, slot: &str) -> ReplicationError {
+    match &e {
+        PgWireError::Server(msg) => classify_server_error(context, msg, slot),
+        PgWireError::Auth(_) | PgWireError::Tls(_) => ReplicationError::Definite(format!(
+            "{context}: {e}. Check the credentials and sslmode in source.url."
+        )),
+        PgWireError::MessageTooLarge { .. } | PgWireError::Protocol(_) | PgWireError::Internal(_) => {
+            ReplicationError::Definite(format!("{context}: {e}"))
+        }
+        _ => ReplicationError::Transient(format!("{context}: {e}")),
+    }
+}
+
+impl WalStream for PgwireStream {
+    async fn recv(&mut self) -> Result<WalMessage, ReplicationError> {
+        loop {
+            let ev = match self.client.recv().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    return Err(ReplicationError::Transient(
+                        "the replication stream ended".into(),
+                    ))
+                }
+                Err(e) => return Err(classify("replication stream", e, &self.slot)),
+            };
+            return Ok(match ev {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    commit_time_micros,
+                    ..
+                } => WalMessage::Begin {
+                    final_lsn: final_lsn.as_u64(),
+                    commit_time: commit_time_micros,
+                },
+                ReplicationEvent::Commit { end_lsn, .. } => WalMessage::Commit {
+                    end_lsn: end_lsn.as_u64(),
+                },
+                ReplicationEvent::XLogData { data, .. } => WalMessage::Data(data),
+                ReplicationEvent::Message {
+                    transactional,
+                    prefix,
+                    content,
+                    ..
+                } => WalMessage::Message {
+                    transactional,
+                    prefix,
+                    content,
+                },
+                ReplicationEvent::KeepAlive { wal_end, .. } => WalMessage::KeepAlive {
+                    wal_end: wal_end.as_u64(),
+                },
+                // Only with stop_at_lsn, which we never set.
+                ReplicationEvent::StoppedAt { .. } => continue,
+            });
+        }
+    }
+
+    fn confirm(&mut self, lsn: u64) {
+        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+    }
+
+    fn confirm_pending(&self) -> bool {
+        self.client.feedback_pending_since().is_some()
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.shutdown().await;
+    }
+}
