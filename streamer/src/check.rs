@@ -51,7 +51,11 @@ pub async fn check_source(config: &Config) -> Vec<Finding> {
     let catalog = match Catalog::connect(&config.postgres(), &config.source.slot).await {
         Ok(c) => c,
         Err(e) => {
-            push(&mut out, Level::Fail, format!("cannot connect to Postgres: {e}"));
+            push(
+                &mut out,
+                Level::Fail,
+                format!("cannot connect to Postgres: {e}"),
+            );
             return out;
         }
     };
@@ -82,10 +86,19 @@ async fn check_with(
             "wal_level is {wal_level}: set wal_level = logical (RDS/Aurora: rds.logical_replication = 1 in the parameter group) and restart Postgres"
         ));
     }
-    for (name, what) in [("max_replication_slots", "slot"), ("max_wal_senders", "WAL sender")] {
+    for (name, what) in [
+        ("max_replication_slots", "slot"),
+        ("max_wal_senders", "WAL sender"),
+    ] {
         let v: i64 = setting(name).await.map_err(q)?.parse().unwrap_or(0);
         if v < 1 {
-            push(out, Level::Fail, format!("{name} is {v}: the streamer needs one {what}; raise it and restart Postgres"));
+            push(
+                out,
+                Level::Fail,
+                format!(
+                    "{name} is {v}: the streamer needs one {what}; raise it and restart Postgres"
+                ),
+            );
         }
     }
 
@@ -122,7 +135,10 @@ async fn check_with(
 
     let publication = &config.source.publication;
     let pubrow = db
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[publication])
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
         .await
         .map_err(q)?;
     let published: Vec<(String, String)> = match pubrow {
@@ -138,7 +154,14 @@ async fn check_with(
                 .await
                 .map_err(q)?;
             let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            push(out, Level::Ok, format!("publication {publication} exists with {} table(s)", have.len()));
+            push(
+                out,
+                Level::Ok,
+                format!(
+                    "publication {publication} exists with {} table(s)",
+                    have.len()
+                ),
+            );
             for t in config.tables() {
                 if !have.contains(&t) {
                     push(out, Level::Warn, format!(
@@ -162,7 +185,11 @@ async fn check_with(
         .await
         .map_err(q)?;
     match slotrow {
-        None => push(out, Level::Warn, format!("slot {slot} does not exist: `streamer run` creates it")),
+        None => push(
+            out,
+            Level::Warn,
+            format!("slot {slot} does not exist: `streamer run` creates it"),
+        ),
         Some(r) => {
             let plugin: Option<String> = r.get(0);
             let active: bool = r.get(1);
@@ -171,12 +198,20 @@ async fn check_with(
                 push(out, Level::Fail, format!("slot {slot} uses plugin {plugin:?}, not pgoutput: choose another source.slot"));
             } else {
                 let lsn: Option<String> = r.get(2);
-                push(out, Level::Ok, format!(
-                    "slot {slot} exists (confirmed {}, {} bytes behind, {})",
-                    lsn.unwrap_or_default(),
-                    lag.unwrap_or(0),
-                    if active { "in use by a connection" } else { "not in use" }
-                ));
+                push(
+                    out,
+                    Level::Ok,
+                    format!(
+                        "slot {slot} exists (confirmed {}, {} bytes behind, {})",
+                        lsn.unwrap_or_default(),
+                        lag.unwrap_or(0),
+                        if active {
+                            "in use by a connection"
+                        } else {
+                            "not in use"
+                        }
+                    ),
+                );
             }
         }
     }
@@ -197,14 +232,29 @@ async fn check_with(
             .map_err(q)?;
         let name = format!("{schema}.{table}");
         let Some(r) = row else {
-            push(out, Level::Fail, format!("table {name} does not exist: fix source.tables"));
+            push(
+                out,
+                Level::Fail,
+                format!("table {name} does not exist: fix source.tables"),
+            );
             continue;
         };
         let ident: String = r.get(1);
         let (has_pk, toastable, can_select): (bool, bool, bool) = (r.get(2), r.get(3), r.get(4));
-        let full = format!("ALTER TABLE {}.{} REPLICA IDENTITY FULL", quote_ident(schema), quote_ident(table));
+        let full = format!(
+            "ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+            quote_ident(schema),
+            quote_ident(table)
+        );
         if !can_select {
-            push(out, Level::Fail, format!("no SELECT on {name}: GRANT SELECT ON {} TO the streamer's user", name));
+            push(
+                out,
+                Level::Fail,
+                format!(
+                    "no SELECT on {name}: GRANT SELECT ON {} TO the streamer's user",
+                    name
+                ),
+            );
         }
         match (ident.as_str(), has_pk) {
             ("n", _) => push(out, Level::Fail, format!(

@@ -313,13 +313,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url: tokio_postgres::Config =
-            self.source.url.expose().parse().map_err(|_| {
-                field(
-                    "source.url",
-                    "not a Postgres connection string (postgres://user:password@host:port/dbname)",
-                )
-            })?;
+        let url: tokio_postgres::Config = self.source.url.expose().parse().map_err(|_| {
+            field(
+                "source.url",
+                "not a Postgres connection string (postgres://user:password@host:port/dbname)",
+            )
+        })?;
         if url.get_user().is_none() {
             return Err(field("source.url", "no user name"));
         }
@@ -339,16 +338,20 @@ impl Config {
         match self.sink.kind {
             SinkType::Stdout => {}
             SinkType::Sqs => {
-                let q = self.sink.queue_url.as_deref().ok_or_else(|| {
-                    field("sink.queue_url", "required when sink.type is sqs")
-                })?;
+                let q = self
+                    .sink
+                    .queue_url
+                    .as_deref()
+                    .ok_or_else(|| field("sink.queue_url", "required when sink.type is sqs"))?;
                 url::Url::parse(q)
                     .map_err(|e| field("sink.queue_url", format!("not a URL: {e}")))?;
             }
             SinkType::Sns => {
-                let arn = self.sink.topic_arn.as_deref().ok_or_else(|| {
-                    field("sink.topic_arn", "required when sink.type is sns")
-                })?;
+                let arn = self
+                    .sink
+                    .topic_arn
+                    .as_deref()
+                    .ok_or_else(|| field("sink.topic_arn", "required when sink.type is sns"))?;
                 if !arn.starts_with("arn:") || arn.split(':').count() != 6 {
                     return Err(field(
                         "sink.topic_arn",
@@ -365,7 +368,10 @@ impl Config {
         }
         for (table, cols) in &self.sink.group_columns {
             let (s, t) = parse_table(table).ok_or_else(|| {
-                field("sink.group_columns", format!("`{table}` is not `schema.table`"))
+                field(
+                    "sink.group_columns",
+                    format!("`{table}` is not `schema.table`"),
+                )
             })?;
             if !self.source.tables.is_empty()
                 && !self
@@ -388,7 +394,10 @@ impl Config {
         }
         if let Some(addr) = &self.http.listen {
             addr.parse::<SocketAddr>().map_err(|_| {
-                field("http.listen", format!("`{addr}` is not host:port, e.g. 0.0.0.0:9187"))
+                field(
+                    "http.listen",
+                    format!("`{addr}` is not host:port, e.g. 0.0.0.0:9187"),
+                )
             })?;
         }
         Ok(())
@@ -405,7 +414,11 @@ impl Config {
 
     /// Publication tables as (schema, table).
     pub fn tables(&self) -> Vec<(String, String)> {
-        self.source.tables.iter().filter_map(|t| parse_table(t)).collect()
+        self.source
+            .tables
+            .iter()
+            .filter_map(|t| parse_table(t))
+            .collect()
     }
 
     /// FIFO group columns of a table, if configured.
@@ -422,7 +435,10 @@ fn check_ident(name: &'static str, v: &str, slot: bool) -> Result<(), ConfigErro
     let ok = !v.is_empty()
         && v.len() <= 63
         && v.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (!slot && b.is_ascii_uppercase())
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b == b'_'
+                || (!slot && b.is_ascii_uppercase())
         });
     if ok {
         Ok(())
@@ -465,7 +481,10 @@ mod tests {
                 ("WALCAST_SOURCE_URL", "postgres://u@h/db"),
                 ("WALCAST_SOURCE_TABLES", "a.b, c"),
                 ("WALCAST_SINK_TYPE", "sqs"),
-                ("WALCAST_SINK_QUEUE_URL", "http://127.0.0.1:4566/000000000000/q.fifo"),
+                (
+                    "WALCAST_SINK_QUEUE_URL",
+                    "http://127.0.0.1:4566/000000000000/q.fifo",
+                ),
             ]),
         )
         .expect("valid from env alone");
@@ -483,10 +502,16 @@ mod tests {
         assert!(err("sink: {}").contains("source"));
         assert!(err("source: {url: 'nope nope'}").contains("source.url"));
         assert!(err("source: {url: 'postgres://u@h/d', slot: 'Bad-Slot'}").contains("source.slot"));
-        assert!(err("source: {url: 'postgres://u@h/d'}\nsink: {type: sqs}").contains("sink.queue_url"));
-        assert!(err("source: {url: 'postgres://u@h/d'}\nsink: {type: kafka}").contains("sink.type"));
+        assert!(
+            err("source: {url: 'postgres://u@h/d'}\nsink: {type: sqs}").contains("sink.queue_url")
+        );
+        assert!(
+            err("source: {url: 'postgres://u@h/d'}\nsink: {type: kafka}").contains("sink.type")
+        );
         assert!(err("source: {url: 'postgres://u@h/d', colour: red}").contains("colour"));
-        assert!(err("source: {url: 'postgres://u@h/d'}\nhttp: {listen: nope}").contains("http.listen"));
+        assert!(
+            err("source: {url: 'postgres://u@h/d'}\nhttp: {listen: nope}").contains("http.listen")
+        );
         let e = Config::load(
             Some("source: {url: 'postgres://u@h/d'}"),
             env(&[("WALCAST_SORCE_URL", "x")]),
@@ -503,6 +528,9 @@ mod tests {
         )
         .expect("valid");
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("topsecret"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecret"),
+            "{dbg}"
+        );
     }
 }

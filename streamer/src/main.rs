@@ -7,13 +7,16 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::{Config, LogFormat, SinkType};
-use walcast_streamer::pipeline::{PgConnector, Pipeline};
+use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::replication::catalog::Catalog;
 use walcast_streamer::sink::{Sink, StdoutSink};
 
 #[derive(Parser)]
-#[command(name = "streamer", version, about = "Streams Postgres changes to SQS and SNS")]
+#[command(
+    name = "streamer",
+    version,
+    about = "Streams Postgres changes to SQS and SNS"
+)]
 struct Cli {
     /// Configuration file (YAML). Every key can also be set by WALCAST_* variables.
     #[arg(long, short, global = true, env = "WALCAST_CONFIG")]
@@ -50,7 +53,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -109,12 +115,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Arc<Config>) -> anyhow::Result<ExitCode> {
-    let catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
-    catalog
-        .ensure_publication(&config.source.publication, &config.tables())
-        .await?;
-    let slot = catalog.ensure_slot(&config.source.slot).await?;
-    drop(catalog);
+    let slot = pipeline::setup(&config).await?;
     let tracker = Tracker::new(slot.confirmed_flush_lsn);
     match config.sink.kind {
         SinkType::Stdout => {
@@ -122,12 +123,19 @@ async fn run(config: Arc<Config>) -> anyhow::Result<ExitCode> {
             run_with(config, sink, tracker).await
         }
         SinkType::Sqs | SinkType::Sns => {
-            anyhow::bail!("sink.type {:?} is not available in this build yet", config.sink.kind)
+            anyhow::bail!(
+                "sink.type {:?} is not available in this build yet",
+                config.sink.kind
+            )
         }
     }
 }
 
-async fn run_with<S: Sink>(config: Arc<Config>, sink: S, tracker: Tracker) -> anyhow::Result<ExitCode> {
+async fn run_with<S: Sink>(
+    config: Arc<Config>,
+    sink: S,
+    tracker: Tracker,
+) -> anyhow::Result<ExitCode> {
     let connector = PgConnector::new(&config);
     Pipeline::new(config, connector, sink, tracker)
         .run(shutdown_signal())
@@ -143,5 +151,9 @@ async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
         println!("{f}");
         failed |= f.level == Level::Fail;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

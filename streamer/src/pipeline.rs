@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::event::{EventBuilder, RowChange, Table, Transaction};
 use crate::progress::Tracker;
-use crate::replication::catalog::{format_lsn, Catalog};
+use crate::replication::catalog::{format_lsn, Catalog, SlotState};
 use crate::replication::pgoutput::{self, PgOutput};
 use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
 use crate::replication::ReplicationError;
@@ -41,7 +41,10 @@ pub trait Connector: Send + Sync {
     /// The stream type.
     type Stream: WalStream;
     /// Opens a stream at the slot's confirmed position; `ack_lsn` is what we have confirmed.
-    fn connect(&self, ack_lsn: u64) -> impl Future<Output = Result<Self::Stream, ReplicationError>> + Send;
+    fn connect(
+        &self,
+        ack_lsn: u64,
+    ) -> impl Future<Output = Result<Self::Stream, ReplicationError>> + Send;
 }
 
 /// Connects with pgwire-replication.
@@ -67,6 +70,16 @@ impl Connector for PgConnector {
     async fn connect(&self, ack_lsn: u64) -> Result<Self::Stream, ReplicationError> {
         transport::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
     }
+}
+
+/// Idempotent setup: creates the publication and the slot when missing.
+/// Returns the slot's state (where streaming resumes).
+pub async fn setup(config: &Config) -> Result<SlotState, ReplicationError> {
+    let catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    catalog
+        .ensure_publication(&config.source.publication, &config.tables())
+        .await?;
+    catalog.ensure_slot(&config.source.slot).await
 }
 
 /// How the shutdown went.
@@ -106,7 +119,10 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     }
 
     /// Runs until `shutdown` resolves (then drains and confirms) or a definite error.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Stopped, PipelineError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Stopped, PipelineError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         loop {
@@ -259,7 +275,9 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                                 .await?;
                             unflushed = true;
                         }
-                        PgOutput::Truncate { relations: rels, .. } => {
+                        PgOutput::Truncate {
+                            relations: rels, ..
+                        } => {
                             let names: Vec<&str> = rels
                                 .iter()
                                 .filter_map(|r| relations.get(r).map(|t| t.qualified.as_str()))
@@ -316,7 +334,9 @@ fn annotate(tx: &mut Transaction, prefix: &str, content: &[u8]) {
     match prefix {
         ANNOTATIONS_SET => match serde_json::from_slice::<serde_json::Value>(content) {
             Ok(v) => tx.annotations = Some(v.to_string()),
-            Err(e) => tracing::warn!(error = %e, "ignoring transaction annotations that are not JSON"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring transaction annotations that are not JSON")
+            }
         },
         ANNOTATIONS_CLEAR => tx.annotations = None,
         _ => {}
@@ -325,7 +345,9 @@ fn annotate(tx: &mut Transaction, prefix: &str, content: &[u8]) {
 
 /// Capped exponential backoff with jitter: ~0.5 s, 1 s, 2 s … up to 30 s.
 fn backoff(failures: u32) -> Duration {
-    let base = 500u64.saturating_mul(1 << failures.min(6).saturating_sub(1)).min(30_000);
+    let base = 500u64
+        .saturating_mul(1 << failures.min(6).saturating_sub(1))
+        .min(30_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
@@ -336,7 +358,11 @@ fn backoff(failures: u32) -> Duration {
 /// The sink's metadata block.
 pub fn consumer_meta(config: &Config) -> change_event::Consumer {
     change_event::Consumer {
-        id: config.sink.id.clone().unwrap_or_else(|| config.sink.name.clone()),
+        id: config
+            .sink
+            .id
+            .clone()
+            .unwrap_or_else(|| config.sink.name.clone()),
         name: config.sink.name.clone(),
         annotations: config.sink.annotations.clone(),
     }

@@ -204,7 +204,11 @@ mod tests {
         t.commit(200);
         assert_eq!(t.confirmable(), 10);
         t.accept(c);
-        assert_eq!(t.confirmable(), 10, "a later transaction must not pass an earlier one");
+        assert_eq!(
+            t.confirmable(),
+            10,
+            "a later transaction must not pass an earlier one"
+        );
         t.accept(b);
         assert_eq!(t.confirmable(), 10);
         t.accept(a);
@@ -225,7 +229,11 @@ mod tests {
         t.accept(b);
         assert_eq!(t.confirmable(), 50, "no commit yet");
         t.idle(500);
-        assert_eq!(t.confirmable(), 50, "keepalive inside a transaction is ignored");
+        assert_eq!(
+            t.confirmable(),
+            50,
+            "keepalive inside a transaction is ignored"
+        );
         t.commit(60);
         assert_eq!(t.confirmable(), 60);
     }

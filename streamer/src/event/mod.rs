@@ -527,7 +527,11 @@ mod tests {
         let new = vec![Datum::Text(b"1")];
         assert!(matches!(
             builder().build(&mut tx, &users(), RowChange::Insert(&new)),
-            Err(EventError::ColumnCount { got: 1, want: 3, .. })
+            Err(EventError::ColumnCount {
+                got: 1,
+                want: 3,
+                ..
+            })
         ));
     }
 }

@@ -47,8 +47,8 @@ impl TypeKind {
             1186 => TypeKind::Interval,
             // bytea, char, name, text, bpchar, varchar, date, time, timetz, uuid, inet, cidr,
             // macaddr, money, bit, varbit, xml, point, tsvector: their text output as a string.
-            17 | 18 | 19 | 25 | 1042 | 1043 | 1082 | 1083 | 1266 | 2950 | 869 | 650 | 829
-            | 790 | 1560 | 1562 | 142 | 600 | 3614 => TypeKind::Text,
+            17 | 18 | 19 | 25 | 1042 | 1043 | 1082 | 1083 | 1266 | 2950 | 869 | 650 | 829 | 790
+            | 1560 | 1562 | 142 | 600 | 3614 => TypeKind::Text,
             _ => return None,
         })
     }
@@ -398,8 +398,14 @@ mod tests {
         );
         assert_eq!(json(&TypeKind::Decimal, "NaN"), "\"NaN\"");
         assert_eq!(json(&TypeKind::Decimal, "-Infinity"), "\"-Infinity\"");
-        assert_eq!(json(&TypeKind::Json, r#"{"a": [1, 2]}"#), r#"{"a": [1, 2]}"#);
-        assert_eq!(json(&TypeKind::Text, "a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
+        assert_eq!(
+            json(&TypeKind::Json, r#"{"a": [1, 2]}"#),
+            r#"{"a": [1, 2]}"#
+        );
+        assert_eq!(
+            json(&TypeKind::Text, "a\"b\\c\n\u{1}"),
+            r#""a\"b\\c\n\u0001""#
+        );
         assert_eq!(json(&TypeKind::Text, "ünï"), "\"ünï\"");
         assert!(write_value(&mut String::new(), &TypeKind::Integer, "1.5").is_err());
         assert!(write_value(&mut String::new(), &TypeKind::Decimal, "01").is_err());
@@ -456,7 +462,10 @@ mod tests {
         let jsons = TypeKind::Array(Box::new(TypeKind::Json), b',');
         assert_eq!(json(&jsons, r#"{"{\"a\": 1}"}"#), r#"[{"a": 1}]"#);
         let boxes = TypeKind::Array(Box::new(TypeKind::Text), b';');
-        assert_eq!(json(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"), r#"["(1,1),(0,0)","(2,2),(1,1)"]"#);
+        assert_eq!(
+            json(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"),
+            r#"["(1,1),(0,0)","(2,2),(1,1)"]"#
+        );
         assert!(write_value(&mut String::new(), &ints, "{1,2").is_err());
     }
 }

@@ -46,7 +46,10 @@ pub fn quote_ident(s: &str) -> String {
 
 impl Catalog {
     /// Connects (the connection task runs until the `Catalog` is dropped).
-    pub async fn connect(pg: &tokio_postgres::Config, slot: &str) -> Result<Catalog, ReplicationError> {
+    pub async fn connect(
+        pg: &tokio_postgres::Config,
+        slot: &str,
+    ) -> Result<Catalog, ReplicationError> {
         let mut pg = pg.clone();
         pg.application_name("walcast-catalog");
         let (client, conn) = pg

@@ -53,7 +53,12 @@ pub(crate) fn classify_server_error(context: &str, message: &str, slot: &str) ->
     classify_code(context, message, &code, slot)
 }
 
-pub(crate) fn classify_code(context: &str, message: &str, code: &str, slot: &str) -> ReplicationError {
+pub(crate) fn classify_code(
+    context: &str,
+    message: &str,
+    code: &str,
+    slot: &str,
+) -> ReplicationError {
     let text = format!("{context}: {message}");
     match code {
         // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections,

@@ -521,7 +521,10 @@ pub(crate) mod tests {
         let y = Msg::tag(b'Y').i32(5000).cstr("public").cstr("mood");
         assert!(matches!(decode(&y.0), Ok(PgOutput::Type { id: 5000, .. })));
         let o = Msg::tag(b'O').i64(1).cstr("node");
-        assert!(matches!(decode(&o.0), Ok(PgOutput::Origin { name: "node", .. })));
+        assert!(matches!(
+            decode(&o.0),
+            Ok(PgOutput::Origin { name: "node", .. })
+        ));
     }
 
     #[test]

@@ -177,9 +177,9 @@ fn classify(context: &str, e: PgWireError, slot: &str) -> ReplicationError {
         PgWireError::Auth(_) | PgWireError::Tls(_) => ReplicationError::Definite(format!(
             "{context}: {e}. Check the credentials and sslmode in source.url."
         )),
-        PgWireError::MessageTooLarge { .. } | PgWireError::Protocol(_) | PgWireError::Internal(_) => {
-            ReplicationError::Definite(format!("{context}: {e}"))
-        }
+        PgWireError::MessageTooLarge { .. }
+        | PgWireError::Protocol(_)
+        | PgWireError::Internal(_) => ReplicationError::Definite(format!("{context}: {e}")),
         _ => ReplicationError::Transient(format!("{context}: {e}")),
     }
 }

@@ -1,0 +1,262 @@
+//! The `streamer` binary: stdout sink, SIGTERM, kill -9 and restart, `check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use change_event::ChangeEvent;
+
+use crate::support::{eventually, TestDb};
+use crate::WAIT;
+
+struct Streamer {
+    child: Child,
+    out: PathBuf,
+}
+
+fn write_config(db: &TestDb, dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("streamer.yaml");
+    std::fs::write(&path, db.config_yaml(extra)).expect("write config");
+    path
+}
+
+impl Streamer {
+    fn start(config: &Path, dir: &Path, run: u32) -> Streamer {
+        let out = dir.join(format!("out-{run}.jsonl"));
+        let err = dir.join(format!("err-{run}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_streamer"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(&out).expect("out")))
+            .stderr(Stdio::from(std::fs::File::create(err).expect("err")))
+            .spawn()
+            .expect("spawn streamer");
+        Streamer { child, out }
+    }
+
+    fn lines(&self) -> Vec<ChangeEvent> {
+        read_events(&self.out)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "streamer did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Complete lines only (a killed process may leave half a line).
+fn read_events(path: &Path) -> Vec<ChangeEvent> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| serde_json::from_str(l).expect("each line is one event"))
+        .collect()
+}
+
+fn id_of(e: &ChangeEvent) -> i64 {
+    e.record["id"].as_i64().expect("id")
+}
+
+#[tokio::test]
+async fn stdout_sink_sigterm_confirms_and_restart_sends_nothing_twice() {
+    let db = TestDb::new("bin_term").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&db, dir.path(), "  tables: [t]\n");
+    let mut s = Streamer::start(&config, dir.path(), 1);
+    let slot = format!("s_{}", db.name);
+    eventually(WAIT, || async {
+        db.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    db.exec("INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 500) i")
+        .await;
+    eventually(WAIT, || async { s.lines().len() >= 500 }).await;
+    s.signal("-TERM");
+    assert!(s.wait_exit().await.success(), "SIGTERM exits 0");
+    let (confirmed, _) = db.slot_lsns(&slot).await;
+    let last_commit = s.lines()[499].metadata.commit_lsn;
+    assert!(
+        confirmed > last_commit,
+        "the slot moved past the delivered transaction"
+    );
+
+    db.exec("INSERT INTO t VALUES (501, 'after')").await;
+    let s2 = Streamer::start(&config, dir.path(), 2);
+    eventually(WAIT, || async { !s2.lines().is_empty() }).await;
+    let again = s2.lines();
+    assert_eq!(again.len(), 1, "only the new change after a clean stop");
+    assert_eq!(id_of(&again[0]), 501);
+    drop(s2);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_loses_nothing() {
+    let db = TestDb::new("bin_kill").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v int)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&db, dir.path(), "  tables: [t]\n");
+    let mut s1 = Streamer::start(&config, dir.path(), 1);
+    let slot = format!("s_{}", db.name);
+    eventually(WAIT, || async {
+        db.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    // A writer: 400 transactions of 5 inserts, then an update of each row.
+    let url = db.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = crate::support::connect(&url).await;
+        for t in 0..400 {
+            let base = t * 5;
+            c.batch_execute(&format!(
+                "INSERT INTO t SELECT i, 0 FROM generate_series({}, {}) i",
+                base + 1,
+                base + 5
+            ))
+            .await
+            .expect("insert");
+        }
+        c.batch_execute("UPDATE t SET v = 1").await.expect("update");
+    });
+    eventually(WAIT, || async { s1.lines().len() >= 300 }).await;
+    s1.signal("-KILL");
+    let _ = s1.wait_exit().await;
+    writer.await.expect("writer");
+    let s2 = Streamer::start(&config, dir.path(), 2);
+    // Every row's insert and update arrive, across both runs.
+    let all = || {
+        let mut v = read_events(&dir.path().join("out-1.jsonl"));
+        v.extend(s2.lines());
+        v
+    };
+    eventually(WAIT, || async {
+        let mut seen: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for e in all() {
+            seen.entry(id_of(&e))
+                .or_default()
+                .push(e.action.to_string());
+        }
+        seen.len() == 2000 && seen.values().all(|a| a.iter().any(|x| x == "update"))
+    })
+    .await;
+    // Per row, the insert comes before the update in each run's output.
+    for run in [read_events(&dir.path().join("out-1.jsonl")), s2.lines()] {
+        let mut last: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+        for e in run {
+            let pos = (e.metadata.commit_lsn, e.metadata.commit_idx);
+            if let Some(prev) = last.insert(id_of(&e), pos) {
+                assert!(prev < pos, "row {} went backwards", id_of(&e));
+            }
+        }
+    }
+    drop(s2);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn check_diagnoses_a_misconfigured_database() {
+    let db = TestDb::new("bin_check").await;
+    db.exec(
+        "CREATE TABLE nopk (v text);
+         CREATE TABLE toasty (id int PRIMARY KEY, body text);
+         CREATE TABLE fine (id int PRIMARY KEY, n int);
+         CREATE ROLE weak LOGIN;",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&db, dir.path(), "  tables: [nopk, toasty, fine]\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a FAIL exits non-zero:\n{text}");
+    assert!(text.contains("ok   wal_level is logical"), "{text}");
+    assert!(
+        text.contains("FAIL public.nopk has no primary key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warn public.toasty has TOAST-able columns"),
+        "{text}"
+    );
+    assert!(text.contains("REPLICA IDENTITY FULL"), "{text}");
+    assert!(
+        text.contains("slot s_") && text.contains("does not exist"),
+        "{text}"
+    );
+
+    // A user without REPLICATION is told how to fix it.
+    let weak_url = db.url.replace("postgres@", "weak@");
+    let out = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["check"])
+        .env("WALCAST_SOURCE_URL", &weak_url)
+        .env("WALCAST_SOURCE_TABLES", "fine")
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL user weak lacks the REPLICATION attribute"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"));
+
+    // Bad config: one error naming the field, exit 2, no secret printed.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["check"])
+        .env("WALCAST_SOURCE_URL", "postgres://u:hunter2@h/db")
+        .env("WALCAST_SINK_TYPE", "sqs")
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("sink.queue_url"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    db.exec("DROP ROLE weak").await;
+    db.drop_db().await;
+}

@@ -1,0 +1,86 @@
+//! Integration tests against a real Postgres 15 (see `support`).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use change_event::{Action, ChangeEvent};
+use serde_json::Value;
+use support::{eventually, TestDb};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use walcast_streamer::config::Config;
+use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
+use walcast_streamer::progress::Tracker;
+use walcast_streamer::sink::MemorySink;
+
+mod binary;
+mod streaming;
+mod types;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The pipeline running in this process with a memory sink.
+pub struct Running {
+    pub sink: MemorySink,
+    pub tracker: Tracker,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<Stopped, PipelineError>>,
+}
+
+impl Running {
+    pub async fn start(db: &TestDb, extra_yaml: &str) -> Running {
+        let config = Arc::new(
+            Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
+        );
+        let slot = pipeline::setup(&config).await.expect("setup");
+        let tracker = Tracker::new(slot.confirmed_flush_lsn);
+        let sink = MemorySink::new(tracker.clone());
+        let (stop, rx) = oneshot::channel::<()>();
+        let pipeline = Pipeline::new(
+            Arc::clone(&config),
+            PgConnector::new(&config),
+            sink.clone(),
+            tracker.clone(),
+        );
+        let handle = tokio::spawn(pipeline.run(async {
+            let _ = rx.await;
+        }));
+        Running {
+            sink,
+            tracker,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// Waits for at least `n` events and returns them all, parsed.
+    pub async fn events(&self, n: usize) -> Vec<ChangeEvent> {
+        eventually(WAIT, || async { self.sink.events().len() >= n }).await;
+        self.sink
+            .events()
+            .iter()
+            .map(|e| serde_json::from_str(&e.payload).expect("event JSON matches the model"))
+            .collect()
+    }
+
+    pub async fn stop(mut self) -> Stopped {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.handle)
+            .await
+            .expect("pipeline stops")
+            .expect("pipeline task")
+            .expect("pipeline ends cleanly")
+    }
+}
+
+pub fn record(e: &ChangeEvent) -> &serde_json::Map<String, Value> {
+    e.record.as_object().expect("record is an object")
+}
+
+pub fn actions(events: &[ChangeEvent]) -> Vec<Action> {
+    events.iter().map(|e| e.action).collect()
+}

@@ -1,0 +1,285 @@
+//! Test support: a throwaway Postgres 15 with `wal_level=logical`, one per
+//! test binary, and a fresh database per test.
+//!
+//! The server runs from Debian's binaries (`/usr/lib/postgresql/15/bin`, or
+//! `WALCAST_PG_BIN`), as the `postgres` user when the tests run as root
+//! (`initdb` refuses root), on 127.0.0.1 at a free port with its socket in a
+//! temp dir. A watchdog stops it when the test process exits, however it exits.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+pub struct PgServer {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+static SERVER: OnceLock<PgServer> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("WALCAST_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command run as the `postgres` user when we are root.
+fn as_pg_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl PgServer {
+    /// The server of this test binary, started on first use.
+    pub fn get() -> &'static PgServer {
+        SERVER.get_or_init(PgServer::start)
+    }
+
+    fn start() -> PgServer {
+        let bin = bin_dir();
+        assert!(
+            bin.join("initdb").exists(),
+            "Postgres 15 server binaries not found in {} (apt-get install postgresql-15, or set WALCAST_PG_BIN)",
+            bin.display()
+        );
+        let base = std::env::temp_dir().join(format!("walcast-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let data = base.join("data");
+        let sock = base.join("sock");
+        std::fs::create_dir_all(&sock).expect("temp dir");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&base)
+                .status()
+                .expect("chown")
+                .success();
+            assert!(ok, "chown of {} failed", base.display());
+        }
+        let out = as_pg_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "--no-sync",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = base.join("postgres.log");
+        let mut pg = as_pg_user(&bin.join("pg_ctl"));
+        pg.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
+                 -c max_replication_slots=64 -c max_wal_senders=64 -c max_connections=200 \
+                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                 -c wal_sender_timeout=60s",
+                sock.display()
+            ))
+            .arg("start")
+            .stdout(Stdio::null());
+        let status = pg.status().expect("pg_ctl start");
+        assert!(
+            status.success(),
+            "postgres did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        // Watchdog: stop the server when this process exits, however it exits.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {base}",
+            pid = std::process::id(),
+            ctl = if is_root() {
+                format!("runuser -u postgres -- {}", bin.join("pg_ctl").display())
+            } else {
+                bin.join("pg_ctl").display().to_string()
+            },
+            data = data.display(),
+            base = base.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog");
+        PgServer { port, dir: base }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// A fresh database for one test; dropped (with its slots) by `TestDb::drop_db`.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub client: Client,
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+impl TestDb {
+    pub async fn new(prefix: &str) -> TestDb {
+        let server = PgServer::get();
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = connect(&server.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = server.url(&name);
+        let client = connect(&url).await;
+        TestDb { name, url, client }
+    }
+
+    /// Drops the database and its slots.
+    pub async fn drop_db(self) {
+        let server = PgServer::get();
+        let admin = connect(&server.url("postgres")).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                   WHERE database = '{0}' AND active_pid IS NOT NULL;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                   WHERE datname = '{0}' AND pid <> pg_backend_pid();",
+                self.name
+            ))
+            .await;
+        drop(self.client);
+        let mut last_error = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let slots = admin
+                .batch_execute(&format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                       WHERE database = '{}' AND NOT active",
+                    self.name
+                ))
+                .await;
+            let r = match slots {
+                Ok(()) => {
+                    admin
+                        .batch_execute(&format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            self.name
+                        ))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return,
+                Err(e) => last_error = format!("{e:?}"),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cannot drop database {}: {last_error}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The slot's confirmed_flush_lsn and the current WAL position.
+    pub async fn slot_lsns(&self, slot: &str) -> (u64, u64) {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint, (pg_current_wal_lsn() - '0/0')::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("slot exists");
+        (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
+    }
+
+    pub fn config_yaml(&self, extra: &str) -> String {
+        format!(
+            "source:\n  url: {}\n  slot: s_{}\n  publication: p_{}\n{extra}",
+            self.url, self.name, self.name
+        )
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes (then panics).
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
