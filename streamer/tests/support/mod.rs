@@ -140,7 +140,9 @@ impl PgServer {
             data = data.display(),
             base = base.display(),
         );
-        Command::new("sh")
+        // Deliberately not waited on: it outlives this process to stop the server.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .args(["-c", &stop])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -202,7 +204,7 @@ impl TestDb {
             ))
             .await;
         drop(self.client);
-        let mut last_error = String::new();
+        let mut last_error;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let slots = admin
