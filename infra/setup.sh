@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what walcast's tests and local pipeline need on a fresh Debian machine
+# with Rust. Idempotent: what is already there is left alone.
+#   - Postgres 15 server binaries (Debian's postgresql-15): the tests start throwaway clusters
+#   - the SQS/SNS emulator, cargo-lambda, the template validators (their own scripts)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  echo "setup: installing postgresql-15"
+  as_root apt-get update -qq
+  # The server binaries only: don't create or start the distribution's default cluster.
+  as_root mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.d/walcast.conf >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
+fi
+id postgres >/dev/null 2>&1 || { echo "setup: no postgres user after installing postgresql-15" >&2; exit 1; }
+
+for extra in "$here/install-emulator.sh" "$root/consumer-sqs/scripts/install-cargo-lambda.sh"; do
+  if [ -f "$extra" ]; then bash "$extra"; fi
+done
+echo "setup: done"
