@@ -9,6 +9,7 @@ use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::{Config, LogFormat, SinkType};
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
+use walcast_streamer::replication::catalog::parse_lsn;
 use walcast_streamer::sink::{Sink, StdoutSink};
 
 #[derive(Parser)]
@@ -28,7 +29,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Stream changes until SIGTERM or Ctrl-C.
-    Run,
+    Run {
+        /// Stop cleanly once everything up to this LSN (e.g. 0/16B3748) is confirmed
+        /// (bounded replays and benchmarks, like pg_recvlogical --endpos).
+        #[arg(long, value_name = "LSN")]
+        until_lsn: Option<String>,
+    },
     /// Diagnose the database (and sink) and exit non-zero on a failure.
     Check,
 }
@@ -65,7 +71,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run => run(config).await,
+            Command::Run { until_lsn } => run(config, until_lsn.as_deref()).await,
             Command::Check => check(config).await,
         }
     });
@@ -114,13 +120,19 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing in-flight events");
 }
 
-async fn run(config: Arc<Config>) -> anyhow::Result<ExitCode> {
+async fn run(config: Arc<Config>, until_lsn: Option<&str>) -> anyhow::Result<ExitCode> {
+    let until = match until_lsn {
+        Some(s) => Some(
+            parse_lsn(s).with_context(|| format!("--until-lsn {s}: not an LSN like 0/16B3748"))?,
+        ),
+        None => None,
+    };
     let slot = pipeline::setup(&config).await?;
     let tracker = Tracker::new(slot.confirmed_flush_lsn);
     match config.sink.kind {
         SinkType::Stdout => {
             let sink = StdoutSink::new(tracker.clone());
-            run_with(config, sink, tracker).await
+            run_with(config, sink, tracker, until).await
         }
         SinkType::Sqs | SinkType::Sns => {
             anyhow::bail!(
@@ -135,10 +147,31 @@ async fn run_with<S: Sink>(
     config: Arc<Config>,
     sink: S,
     tracker: Tracker,
+    until: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let connector = PgConnector::new(&config);
+    let started = std::time::Instant::now();
+    let mut confirmed = tracker.subscribe();
+    let reached = async move {
+        match until {
+            Some(lsn) => {
+                let _ = confirmed.wait_for(|c| *c >= lsn).await;
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reached --until-lsn"
+                );
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let shutdown = async {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = reached => {}
+        }
+    };
     Pipeline::new(config, connector, sink, tracker)
-        .run(shutdown_signal())
+        .run(shutdown)
         .await
         .context("streaming stopped")?;
     Ok(ExitCode::SUCCESS)
