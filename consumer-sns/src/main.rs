@@ -1,0 +1,55 @@
+//! Wiring only: logging, clients built once, the Lambda runtime.
+//! Your code goes in `src/handler.rs` (and your tables in `src/tables.rs`).
+
+use consumer_sns::{function_handler, Clients};
+use lambda_runtime::{run, service_fn, Error};
+use tracing_subscriber::EnvFilter;
+
+/// Settings read from the environment, once, at cold start.
+struct Config {
+    /// `AWS_LAMBDA_LOG_FORMAT=JSON` (Lambda's advanced logging controls).
+    log_json: bool,
+    /// `AWS_LAMBDA_LOG_LEVEL` (set by Lambda), else `RUST_LOG`, else `info`.
+    log_filter: String,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let log_filter = match var("AWS_LAMBDA_LOG_LEVEL") {
+            // Lambda's levels are TRACE..ERROR plus FATAL, which tracing lacks.
+            Some(level) if level.eq_ignore_ascii_case("fatal") => "error".to_owned(),
+            Some(level) => level.to_ascii_lowercase(),
+            None => var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+        };
+        Self {
+            log_json: var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
+            log_filter,
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false);
+    if config.log_json {
+        // One JSON object per line, fields at the top level, as CloudWatch
+        // Logs Insights reads them.
+        logs.json().flatten_event(true).init();
+    } else {
+        // CloudWatch stamps every line already.
+        logs.without_time().init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let config = Config::from_env();
+    init_tracing(&config);
+    let clients = Clients::new();
+    let clients = &clients;
+    run(service_fn(move |event| function_handler(event, clients))).await
+}
