@@ -1,0 +1,622 @@
+"""Tests of template.yaml, on the CloudFormation that the SAM transform produces.
+
+Run from the repository root (infra/template/check.sh does):
+
+    python -m unittest discover -s infra/template -p 'test_*.py' -v
+
+The template is translated offline (translate.py, aws-sam-translator) and then, for a
+given set of parameter values, reduced to the resources CloudFormation would create:
+Conditions evaluated, Fn::If resolved, AWS::NoValue removed, parameter Refs and
+Fn::FindInMap replaced by values (see `Effective`). The tests assert on that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+import unittest
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import translate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+INFRA = REPO / "infra"
+
+PATHS = ("SQS", "SNS", "Both")
+SQS_PUBLISH = {"sqs:SendMessage", "sqs:SendMessageBatch", "sqs:GetQueueAttributes"}
+SNS_PUBLISH = {"sns:Publish", "sns:PublishBatch", "sns:GetTopicAttributes"}
+STREAMER = {
+    "StreamerImageUri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/walcast-streamer:1",
+    "StreamerSubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "StreamerSecurityGroupIds": "sg-0123456789abcdef0",
+    "StreamerDatabaseUrlSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:walcast-db-AbCdEf",
+}
+# The streamer's configuration keys and their variables (streamer config contract).
+CONFIG_KEYS = {
+    "source": {"url", "slot", "publication", "tables", "name"},
+    "sink": {
+        "type", "name", "queue_url", "topic_arn", "region", "endpoint_url",
+        "access_key_id", "secret_access_key", "dead_letter_queue_url",
+    },
+    "http": {"listen"},
+    "log": {"format"},
+}
+CONFIG_ENV = {
+    f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
+}
+PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::StackId",
+          "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
+
+
+@lru_cache(maxsize=None)
+def source_template() -> dict:
+    return translate.yaml_parse(TEMPLATE.read_text())
+
+
+@lru_cache(maxsize=None)
+def translated(params: tuple) -> dict:
+    return translate.translate(TEMPLATE, dict(params))
+
+
+_NOVALUE = object()
+
+
+class Effective:
+    """The translated template as CloudFormation would instantiate it for `params`."""
+
+    def __init__(self, **params: str):
+        self.params = params
+        self.template = translated(tuple(sorted(params.items())))
+        declared = self.template["Parameters"]
+        self.values: dict[str, object] = {}
+        for name, spec in declared.items():
+            raw = str(params.get(name, spec.get("Default", "")))
+            if spec["Type"] == "CommaDelimitedList" or spec["Type"].startswith("List<"):
+                self.values[name] = raw.split(",")
+            else:
+                self.values[name] = raw
+        unknown = set(params) - set(declared)
+        assert not unknown, f"unknown parameters {unknown}"
+        self.values.update({"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012",
+                            "AWS::Partition": "aws", "AWS::StackName": "walcast"})
+        self._conditions: dict[str, bool] = {}
+        self.resources = {
+            lid: self.resolve(res)
+            for lid, res in self.template["Resources"].items()
+            if "Condition" not in res or self.condition(res["Condition"])
+        }
+        self.outputs = {
+            name: self.resolve(out)
+            for name, out in self.template.get("Outputs", {}).items()
+            if "Condition" not in out or self.condition(out["Condition"])
+        }
+
+    # -- intrinsic functions -------------------------------------------------
+    def condition(self, name: str) -> bool:
+        if name not in self._conditions:
+            self._conditions[name] = self.evaluate(self.template["Conditions"][name])
+        return self._conditions[name]
+
+    def evaluate(self, expr) -> bool:
+        if isinstance(expr, dict) and len(expr) == 1:
+            (fn, args), = expr.items()
+            if fn == "Condition":
+                return self.condition(args)
+            if fn == "Fn::Equals":
+                a, b = (self.scalar(x) for x in args)
+                return a == b
+            if fn == "Fn::Not":
+                return not self.evaluate(args[0])
+            if fn == "Fn::And":
+                return all(self.evaluate(x) for x in args)
+            if fn == "Fn::Or":
+                return any(self.evaluate(x) for x in args)
+        raise AssertionError(f"unsupported condition {expr!r}")
+
+    def scalar(self, expr) -> str:
+        if isinstance(expr, dict) and set(expr) == {"Ref"}:
+            value = self.values[expr["Ref"]]
+            return ",".join(value) if isinstance(value, list) else value
+        return str(expr)
+
+    def resolve(self, node):
+        if isinstance(node, dict):
+            if len(node) == 1:
+                (fn, args), = node.items()
+                if fn == "Fn::If":
+                    return self.resolve(args[1] if self.condition(args[0]) else args[2])
+                if fn == "Ref" and args == "AWS::NoValue":
+                    return _NOVALUE
+                if fn == "Ref" and args in self.values:
+                    return self.values[args]
+                if fn == "Fn::FindInMap":
+                    name, top, second = (self.resolve(a) for a in args)
+                    return self.template["Mappings"][name][str(top)][second]
+            out = {}
+            for key, value in node.items():
+                value = self.resolve(value)
+                if value is not _NOVALUE:
+                    out[key] = value
+            return out
+        if isinstance(node, list):
+            return [v for v in (self.resolve(x) for x in node) if v is not _NOVALUE]
+        return node
+
+    # -- helpers ---------------------------------------------------------------
+    def of_type(self, type_: str) -> dict:
+        return {lid: r for lid, r in self.resources.items() if r["Type"] == type_}
+
+    def props(self, logical_id: str) -> dict:
+        return self.resources[logical_id].get("Properties", {})
+
+
+def refs(node) -> set[str]:
+    """Logical ids and parameters that `node` references (Ref, GetAtt, Sub, DependsOn)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                local = set(value[1]) if isinstance(value, list) else set()
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)} - local
+                if isinstance(value, list):
+                    found |= refs(value[1])
+            elif key == "DependsOn":
+                found |= set([value] if isinstance(value, str) else value)
+            else:
+                found |= refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= refs(item)
+    return found
+
+
+def statements(policy_document: dict) -> list[dict]:
+    stmts = policy_document["Statement"]
+    return stmts if isinstance(stmts, list) else [stmts]
+
+
+def grants(policy_document: dict) -> set[tuple[str, str]]:
+    """(action, resource) pairs an Allow policy grants, resources as canonical JSON."""
+    pairs = set()
+    for stmt in statements(policy_document):
+        assert stmt["Effect"] == "Allow", stmt
+        assert "NotAction" not in stmt and "NotResource" not in stmt, stmt
+        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+        resources = stmt["Resource"] if isinstance(stmt["Resource"], list) else [stmt["Resource"]]
+        for action in actions:
+            for resource in resources:
+                pairs.add((action, json.dumps(resource, sort_keys=True)))
+    return pairs
+
+
+def expected_publisher_grants(path: str) -> set[tuple[str, str]]:
+    queue = json.dumps({"Fn::GetAtt": ["Queue", "Arn"]}, sort_keys=True)
+    topic = json.dumps({"Ref": "Topic"}, sort_keys=True)
+    want = set()
+    if path in ("SQS", "Both"):
+        want |= {(a, queue) for a in SQS_PUBLISH}
+    if path in ("SNS", "Both"):
+        want |= {(a, topic) for a in SNS_PUBLISH}
+    return want
+
+
+def all_scenarios():
+    for path, queue_type, streamer, user in itertools.product(
+        PATHS, ("fifo", "standard"), (False, True), ("true", "false")
+    ):
+        params = {"DeliveryPath": path, "QueueType": queue_type, "CreatePublisherUser": user}
+        if streamer:
+            params.update(STREAMER)
+        yield params
+
+
+class TranslationTest(unittest.TestCase):
+    def test_every_scenario_is_self_consistent(self):
+        """No resource or output of a scenario references one its conditions removed."""
+        for params in all_scenarios():
+            with self.subTest(**{k: v for k, v in params.items() if not k.startswith("Streamer")},
+                              streamer="StreamerImageUri" in params):
+                eff = Effective(**params)
+                known = set(eff.resources) | set(eff.values) | PSEUDO
+                for name, node in {**eff.resources, **eff.outputs}.items():
+                    missing = refs(node) - known
+                    self.assertFalse(missing, f"{name} references {missing}, absent in this scenario")
+
+    def test_translation_generates_the_expected_sam_resources(self):
+        eff = Effective(DeliveryPath="Both")
+        self.assertIn("ConsumerSqsFunctionQueue", eff.of_type("AWS::Lambda::EventSourceMapping"))
+        self.assertIn("ConsumerSnsFunctionTopic", eff.of_type("AWS::SNS::Subscription"))
+        self.assertIn("ConsumerSnsFunctionEventInvokeConfig", eff.of_type("AWS::Lambda::EventInvokeConfig"))
+        self.assertEqual(set(eff.of_type("AWS::Lambda::Function")), {"ConsumerSqsFunction", "ConsumerSnsFunction"})
+
+
+class SqsPathTest(unittest.TestCase):
+    def test_event_source_mapping_reports_batch_item_failures(self):
+        for path in ("SQS", "Both"):
+            eff = Effective(DeliveryPath=path, SqsBatchSize="7", SqsMaximumConcurrency="12")
+            (esm,) = eff.of_type("AWS::Lambda::EventSourceMapping").values()
+            props = esm["Properties"]
+            self.assertEqual(props["FunctionResponseTypes"], ["ReportBatchItemFailures"])
+            self.assertEqual(props["EventSourceArn"], {"Fn::GetAtt": ["Queue", "Arn"]})
+            self.assertEqual(props["FunctionName"], {"Ref": "ConsumerSqsFunction"})
+            self.assertEqual(props["BatchSize"], "7")
+            self.assertEqual(props["ScalingConfig"], {"MaximumConcurrency": "12"})
+
+    def test_batch_parameters_stay_within_aws_limits(self):
+        params = source_template()["Parameters"]
+        self.assertEqual(params["SqsBatchSize"]["MinValue"], 1)
+        self.assertLessEqual(params["SqsBatchSize"]["MaxValue"], 10, "FIFO event sources take at most 10")
+        self.assertGreaterEqual(params["SqsMaximumConcurrency"]["MinValue"], 2)
+        self.assertLessEqual(params["SqsMaximumConcurrency"]["MaxValue"], 1000)
+        self.assertEqual(params["DeliveryPath"]["Default"], "SQS")
+        self.assertEqual(params["QueueType"]["Default"], "fifo")
+        self.assertEqual(params["MaxReceiveCount"]["Default"], 5)
+
+    def test_fifo_queue_is_fifo_with_high_throughput_and_explicit_deduplication(self):
+        eff = Effective(QueueType="fifo")
+        queue = eff.props("Queue")
+        self.assertIs(queue["FifoQueue"], True)
+        self.assertIs(queue["ContentBasedDeduplication"], False)
+        self.assertEqual(queue["DeduplicationScope"], "messageGroup")
+        self.assertEqual(queue["FifoThroughputLimit"], "perMessageGroupId")
+        self.assertIs(eff.props("DeadLetterQueue")["FifoQueue"], True, "a FIFO queue needs a FIFO DLQ")
+
+    def test_standard_queue_has_no_fifo_attributes(self):
+        eff = Effective(QueueType="standard")
+        for lid in ("Queue", "DeadLetterQueue"):
+            props = eff.props(lid)
+            for key in ("FifoQueue", "ContentBasedDeduplication", "DeduplicationScope", "FifoThroughputLimit"):
+                self.assertNotIn(key, props, f"{lid}.{key}")
+
+    def test_redrive_policy_points_at_the_dead_letter_queue(self):
+        for queue_type in ("fifo", "standard"):
+            eff = Effective(QueueType=queue_type, MaxReceiveCount="7")
+            redrive = eff.props("Queue")["RedrivePolicy"]
+            self.assertEqual(redrive["deadLetterTargetArn"], {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]})
+            self.assertEqual(redrive["maxReceiveCount"], "7")
+            self.assertEqual(eff.props("DeadLetterQueue")["MessageRetentionPeriod"], 1209600)
+
+    def test_visibility_timeout_is_at_least_six_times_the_function_timeout(self):
+        allowed = source_template()["Parameters"]["ConsumerTimeout"]["AllowedValues"]
+        for timeout in allowed:
+            eff = Effective(ConsumerTimeout=str(timeout))
+            function_timeout = int(eff.props("ConsumerSqsFunction")["Timeout"])
+            visibility = int(eff.props("Queue")["VisibilityTimeout"])
+            self.assertEqual(function_timeout, int(timeout))
+            self.assertGreaterEqual(visibility, 6 * function_timeout, f"timeout {timeout}")
+            self.assertLessEqual(visibility, 43200, "SQS maximum visibility timeout")
+
+    def test_consumer_sqs_function(self):
+        eff = Effective()
+        props = eff.props("ConsumerSqsFunction")
+        self.assertEqual(props["Runtime"], "provided.al2023")
+        self.assertEqual(props["Architectures"], ["arm64"])
+        self.assertEqual(props["Handler"], "bootstrap")
+        self.assertEqual(props["LoggingConfig"]["LogGroup"], {"Ref": "ConsumerSqsLogGroup"})
+        role = eff.props("ConsumerSqsFunctionRole")
+        self.assertTrue(any("AWSLambdaSQSQueueExecutionRole" in json.dumps(arn) for arn in role["ManagedPolicyArns"]))
+
+
+class SnsPathTest(unittest.TestCase):
+    def test_topic_is_standard_because_lambda_cannot_subscribe_to_fifo(self):
+        for path in ("SNS", "Both"):
+            topic = Effective(DeliveryPath=path).props("Topic")
+            self.assertNotIn("FifoTopic", topic)
+            self.assertEqual(topic["KmsMasterKeyId"], "alias/aws/sns")
+
+    def test_subscription_has_a_dead_letter_queue_sns_may_write_to(self):
+        eff = Effective(DeliveryPath="SNS")
+        sub = eff.props("ConsumerSnsFunctionTopic")
+        self.assertEqual(sub["Protocol"], "lambda")
+        self.assertEqual(sub["TopicArn"], {"Ref": "Topic"})
+        self.assertEqual(sub["RedrivePolicy"]["deadLetterTargetArn"],
+                         {"Fn::GetAtt": ["SnsSubscriptionDeadLetterQueue", "Arn"]})
+        policy = eff.props("SnsSubscriptionDeadLetterQueuePolicy")
+        self.assertEqual(policy["Queues"], [{"Ref": "SnsSubscriptionDeadLetterQueue"}])
+        (stmt,) = statements(policy["PolicyDocument"])
+        self.assertEqual(stmt["Principal"], {"Service": "sns.amazonaws.com"})
+        self.assertEqual(stmt["Action"], "sqs:SendMessage")
+        self.assertEqual(stmt["Condition"], {"ArnEquals": {"aws:SourceArn": {"Ref": "Topic"}}})
+
+    def test_filter_policy_is_optional(self):
+        self.assertNotIn("FilterPolicy", Effective(DeliveryPath="SNS").props("ConsumerSnsFunctionTopic"))
+        policy = '{"table_name":["users"],"action":["insert","update"]}'
+        sub = Effective(DeliveryPath="SNS", SnsFilterPolicy=policy).props("ConsumerSnsFunctionTopic")
+        self.assertEqual(json.loads(sub["FilterPolicy"]), json.loads(policy))
+
+    def test_failed_invocations_go_to_the_on_failure_queue(self):
+        eff = Effective(DeliveryPath="SNS")
+        config = eff.props("ConsumerSnsFunctionEventInvokeConfig")
+        self.assertEqual(config["FunctionName"], {"Ref": "ConsumerSnsFunction"})
+        self.assertEqual(config["DestinationConfig"]["OnFailure"]["Destination"],
+                         {"Fn::GetAtt": ["SnsFailureQueue", "Arn"]})
+        role_policies = eff.props("ConsumerSnsFunctionRole")["Policies"]
+        pairs = set().union(*(grants(p["PolicyDocument"]) for p in role_policies))
+        self.assertIn(("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["SnsFailureQueue", "Arn"]})), pairs)
+
+    def test_consumer_sns_function(self):
+        props = Effective(DeliveryPath="SNS").props("ConsumerSnsFunction")
+        self.assertEqual(props["Runtime"], "provided.al2023")
+        self.assertEqual(props["Architectures"], ["arm64"])
+        self.assertEqual(props["Handler"], "bootstrap")
+
+
+class SamSourceTest(unittest.TestCase):
+    """Properties `sam build` reads from the SAM source, which the transform drops."""
+
+    def test_functions_build_with_cargo_lambda_from_their_crates(self):
+        resources = source_template()["Resources"]
+        for lid, crate in (("ConsumerSqsFunction", "consumer-sqs"), ("ConsumerSnsFunction", "consumer-sns")):
+            res = resources[lid]
+            self.assertEqual(res["Type"], "AWS::Serverless::Function")
+            self.assertEqual(res["Properties"]["CodeUri"], f"{crate}/")
+            self.assertEqual(res["Metadata"]["BuildMethod"], "rust-cargolambda")
+            self.assertEqual(res["Metadata"]["BuildProperties"]["Binary"], crate)
+            cargo = REPO / crate / "Cargo.toml"
+            if cargo.exists():  # the crate is built in parallel with this template
+                self.assertRegex(cargo.read_text(), rf'(?m)^name\s*=\s*"{re.escape(crate)}"')
+
+    def test_every_checkov_skip_is_justified(self):
+        for lid, res in source_template()["Resources"].items():
+            for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
+                self.assertRegex(skip["id"], r"^CKV2?_AWS_\d+$", lid)
+                self.assertGreater(len(skip.get("comment", "")), 40, f"{lid} {skip['id']} needs a reason")
+
+
+class PublisherIdentityTest(unittest.TestCase):
+    def test_user_policy_has_exactly_the_publish_actions_on_exactly_the_resources(self):
+        for path in PATHS:
+            eff = Effective(DeliveryPath=path)
+            (policy,) = eff.props("PublisherUser")["Policies"]
+            self.assertEqual(grants(policy["PolicyDocument"]), expected_publisher_grants(path), path)
+
+    def test_user_is_the_only_principal_of_its_policy(self):
+        eff = Effective()
+        self.assertNotIn("ManagedPolicyArns", eff.props("PublisherUser"))
+        self.assertNotIn("Groups", eff.props("PublisherUser"))
+        self.assertFalse(eff.of_type("AWS::IAM::Policy"))
+        self.assertFalse(eff.of_type("AWS::IAM::ManagedPolicy"))
+
+    def test_task_role_has_the_same_policy(self):
+        for path in PATHS:
+            eff = Effective(DeliveryPath=path, **STREAMER)
+            (policy,) = eff.props("StreamerTaskRole")["Policies"]
+            self.assertEqual(grants(policy["PolicyDocument"]), expected_publisher_grants(path), path)
+            self.assertNotIn("ManagedPolicyArns", eff.props("StreamerTaskRole"))
+
+    def test_policy_files_in_infra_iam_match_the_template(self):
+        for name, actions, service in (("publisher-sqs.json", SQS_PUBLISH, "sqs"),
+                                       ("publisher-sns.json", SNS_PUBLISH, "sns")):
+            doc = json.loads((INFRA / "iam" / name).read_text())
+            self.assertEqual(doc["Version"], "2012-10-17")
+            (stmt,) = statements(doc)
+            self.assertEqual({a for a, _ in grants(doc)}, actions, name)
+            self.assertRegex(stmt["Resource"], rf"^arn:aws:{service}:[^:*]+:[^:*]+:[^:*]+$", name)
+
+    def test_access_key_lands_in_secrets_manager_and_never_in_outputs(self):
+        eff = Effective()
+        secret = json.dumps(eff.props("PublisherSecret")["SecretString"])
+        self.assertIn("${PublisherAccessKey.SecretAccessKey}", secret)
+        self.assertIn("${PublisherAccessKey}", secret)
+        self.assertIn('\\"access_key_id\\"', secret)
+        self.assertIn('\\"secret_access_key\\"', secret)
+        for name, output in eff.template["Outputs"].items():
+            self.assertNotIn("PublisherAccessKey", refs(output), f"output {name} exposes the key")
+        for lid, res in eff.resources.items():
+            if lid != "PublisherSecret":
+                self.assertNotIn("SecretAccessKey", json.dumps(res), f"{lid} holds the secret key")
+        self.assertEqual(eff.outputs["PublisherSecretArn"]["Value"], {"Ref": "PublisherSecret"})
+
+    def test_publisher_user_is_optional(self):
+        eff = Effective(CreatePublisherUser="false", **STREAMER)
+        for lid in ("PublisherUser", "PublisherAccessKey", "PublisherSecret"):
+            self.assertNotIn(lid, eff.resources)
+        self.assertNotIn("PublisherSecretArn", eff.outputs)
+
+
+class ConditionsTest(unittest.TestCase):
+    SQS_ONLY = {"Queue", "DeadLetterQueue", "ConsumerSqsFunction", "ConsumerSqsFunctionQueue",
+                "ConsumerSqsFunctionRole", "ConsumerSqsLogGroup", "DeadLetterQueueAlarm", "ConsumerSqsErrorsAlarm"}
+    SNS_ONLY = {"Topic", "SnsSubscriptionDeadLetterQueue", "SnsSubscriptionDeadLetterQueuePolicy",
+                "SnsFailureQueue", "ConsumerSnsFunction", "ConsumerSnsFunctionTopic",
+                "ConsumerSnsFunctionTopicPermission", "ConsumerSnsFunctionEventInvokeConfig",
+                "ConsumerSnsFunctionRole", "ConsumerSnsLogGroup", "SnsSubscriptionDeadLetterQueueAlarm",
+                "SnsFailureQueueAlarm", "ConsumerSnsErrorsAlarm"}
+
+    def test_each_path_creates_its_resources_and_only_those(self):
+        for path, present, absent in (("SQS", self.SQS_ONLY, self.SNS_ONLY),
+                                      ("SNS", self.SNS_ONLY, self.SQS_ONLY),
+                                      ("Both", self.SQS_ONLY | self.SNS_ONLY, set())):
+            eff = Effective(DeliveryPath=path)
+            self.assertLessEqual(present, set(eff.resources), path)
+            self.assertFalse(absent & set(eff.resources), path)
+
+    def test_outputs_follow_the_path(self):
+        sqs = {"QueueUrl", "DlqUrl", "ConsumerSqsFunctionName"}
+        sns = {"TopicArn", "ConsumerSnsFunctionName", "SnsSubscriptionDlqUrl", "SnsFailureQueueUrl"}
+        for path, present, absent in (("SQS", sqs, sns), ("SNS", sns, sqs), ("Both", sqs | sns, set())):
+            outputs = set(Effective(DeliveryPath=path).outputs)
+            self.assertLessEqual(present | {"PublisherSecretArn"}, outputs, path)
+            self.assertFalse(absent & outputs, path)
+
+    def test_ecs_resources_exist_only_with_an_image(self):
+        ecs_types = {"AWS::ECS::Cluster", "AWS::ECS::TaskDefinition", "AWS::ECS::Service"}
+        for path in PATHS:
+            without = Effective(DeliveryPath=path)
+            self.assertFalse({r["Type"] for r in without.resources.values()} & ecs_types, path)
+            self.assertFalse({"StreamerTaskRole", "StreamerExecutionRole", "StreamerLogGroup"} & set(without.resources))
+            with_image = Effective(DeliveryPath=path, **STREAMER)
+            self.assertLessEqual(ecs_types, {r["Type"] for r in with_image.resources.values()}, path)
+
+    def test_rules_reject_an_image_without_network_or_secret(self):
+        rule = source_template()["Rules"]["StreamerNeedsNetworkAndSecret"]
+        self.assertEqual(rule["RuleCondition"], {"Fn::Not": [{"Fn::Equals": [{"Ref": "StreamerImageUri"}, ""]}]})
+        asserted = json.dumps(rule["Assertions"])
+        for param in ("StreamerSubnetIds", "StreamerSecurityGroupIds", "StreamerDatabaseUrlSecretArn"):
+            self.assertIn(param, asserted)
+
+
+class StreamerOnEcsTest(unittest.TestCase):
+    def effective(self, **extra) -> Effective:
+        return Effective(**{**STREAMER, **extra})
+
+    def container(self, eff: Effective) -> dict:
+        (container,) = eff.props("StreamerTaskDefinition")["ContainerDefinitions"]
+        return container
+
+    def test_task_definition(self):
+        eff = self.effective(StreamerCpuArchitecture="X86_64")
+        td = eff.props("StreamerTaskDefinition")
+        self.assertEqual((td["Cpu"], td["Memory"]), ("256", "512"))
+        self.assertEqual(td["RequiresCompatibilities"], ["FARGATE"])
+        self.assertEqual(td["NetworkMode"], "awsvpc")
+        self.assertEqual(td["RuntimePlatform"]["CpuArchitecture"], "X86_64")
+        self.assertEqual(td["TaskRoleArn"], {"Fn::GetAtt": ["StreamerTaskRole", "Arn"]})
+        self.assertEqual(td["ExecutionRoleArn"], {"Fn::GetAtt": ["StreamerExecutionRole", "Arn"]})
+        c = self.container(eff)
+        self.assertEqual(c["Image"], STREAMER["StreamerImageUri"])
+        self.assertEqual(c["HealthCheck"]["Command"], ["CMD", "/usr/local/bin/streamer", "healthz"])
+        self.assertEqual(c["StopTimeout"], 120)
+        self.assertEqual(c["LogConfiguration"]["Options"]["awslogs-group"], {"Ref": "StreamerLogGroup"})
+        self.assertNotIn("Command", c, "the image's CMD (run) applies")
+
+    def test_database_url_comes_from_secrets_manager(self):
+        eff = self.effective()
+        c = self.container(eff)
+        self.assertEqual(c["Secrets"], [{"Name": "WALCAST_SOURCE_URL",
+                                         "ValueFrom": STREAMER["StreamerDatabaseUrlSecretArn"]}])
+        self.assertNotIn("WALCAST_SOURCE_URL", {e["Name"] for e in c["Environment"]})
+        (stmt,) = statements(eff.props("StreamerExecutionRole")["Policies"][0]["PolicyDocument"])
+        self.assertEqual(stmt["Action"], "secretsmanager:GetSecretValue")
+        self.assertEqual(stmt["Resource"], STREAMER["StreamerDatabaseUrlSecretArn"])
+        keyed = self.container(self.effective(StreamerDatabaseUrlSecretKey="url"))
+        self.assertEqual(keyed["Secrets"][0]["ValueFrom"],
+                         {"Fn::Sub": "${StreamerDatabaseUrlSecretArn}:${StreamerDatabaseUrlSecretKey}::"})
+
+    def test_environment_uses_the_streamer_configuration_names(self):
+        for path, sink, target_var, target in (("SQS", "sqs", "WALCAST_SINK_QUEUE_URL", {"Ref": "Queue"}),
+                                               ("Both", "sqs", "WALCAST_SINK_QUEUE_URL", {"Ref": "Queue"}),
+                                               ("SNS", "sns", "WALCAST_SINK_TOPIC_ARN", {"Ref": "Topic"})):
+            env = {e["Name"]: e["Value"] for e in self.container(self.effective(DeliveryPath=path))["Environment"]}
+            self.assertLessEqual(set(env), CONFIG_ENV, "the streamer refuses unknown WALCAST_ variables")
+            self.assertEqual(env["WALCAST_SINK_TYPE"], sink)
+            self.assertEqual(env[target_var], target)
+            self.assertEqual(env["WALCAST_HTTP_LISTEN"], "0.0.0.0:9187")
+            self.assertEqual(env["WALCAST_LOG_FORMAT"], "json")
+            self.assertFalse({"WALCAST_SINK_ACCESS_KEY_ID", "WALCAST_SINK_SECRET_ACCESS_KEY"} & set(env),
+                             "on ECS the task role provides credentials")
+
+    def test_service_runs_one_task_and_never_two(self):
+        eff = self.effective()
+        svc = eff.props("StreamerService")
+        self.assertEqual(svc["DesiredCount"], 1)
+        self.assertEqual(svc["DeploymentConfiguration"]["MaximumPercent"], 100)
+        self.assertEqual(svc["DeploymentConfiguration"]["MinimumHealthyPercent"], 0)
+        self.assertEqual(svc["LaunchType"], "FARGATE")
+        vpc = svc["NetworkConfiguration"]["AwsvpcConfiguration"]
+        self.assertEqual(vpc["Subnets"], STREAMER["StreamerSubnetIds"].split(","))
+        self.assertEqual(vpc["SecurityGroups"], [STREAMER["StreamerSecurityGroupIds"]])
+        self.assertEqual(vpc["AssignPublicIp"], "DISABLED")
+
+    def test_log_groups_have_retention(self):
+        eff = Effective(DeliveryPath="Both", LogRetentionDays="14", **STREAMER)
+        groups = eff.of_type("AWS::Logs::LogGroup")
+        self.assertEqual(set(groups), {"ConsumerSqsLogGroup", "ConsumerSnsLogGroup", "StreamerLogGroup"})
+        for lid, group in groups.items():
+            self.assertEqual(group["Properties"]["RetentionInDays"], "14", lid)
+
+
+class AlarmsAndEncryptionTest(unittest.TestCase):
+    def dead_letter_targets(self, eff: Effective) -> set[str]:
+        """Queues that hold failures: redrive targets, subscription DLQs, on-failure destinations."""
+        text = json.dumps(
+            [r["Properties"].get("RedrivePolicy", {}) for r in eff.resources.values() if "Properties" in r]
+            + [r["Properties"]["DestinationConfig"] for r in eff.of_type("AWS::Lambda::EventInvokeConfig").values()]
+        )
+        return {lid for lid in eff.of_type("AWS::SQS::Queue") if f'["{lid}", "Arn"]' in text}
+
+    def test_every_dead_letter_queue_has_an_alarm(self):
+        for path in PATHS:
+            eff = Effective(DeliveryPath=path)
+            dlqs = self.dead_letter_targets(eff)
+            self.assertTrue(dlqs, path)
+            watched = set()
+            for alarm in eff.of_type("AWS::CloudWatch::Alarm").values():
+                p = alarm["Properties"]
+                if p["Namespace"] == "AWS/SQS" and p["MetricName"] == "ApproximateNumberOfMessagesVisible":
+                    self.assertEqual((p["ComparisonOperator"], p["Threshold"]), ("GreaterThanThreshold", 0))
+                    watched.add(p["Dimensions"][0]["Value"]["Fn::GetAtt"][0])
+            self.assertEqual(watched, dlqs, path)
+
+    def test_every_function_has_an_errors_alarm(self):
+        for path in PATHS:
+            eff = Effective(DeliveryPath=path)
+            watched = {a["Properties"]["Dimensions"][0]["Value"]["Ref"]
+                       for a in eff.of_type("AWS::CloudWatch::Alarm").values()
+                       if a["Properties"]["MetricName"] == "Errors"}
+            self.assertEqual(watched, set(eff.of_type("AWS::Lambda::Function")), path)
+
+    def test_alarm_actions_and_lag_alarm_are_optional(self):
+        eff = Effective(DeliveryPath="Both")
+        self.assertNotIn("ReplicationLagAlarm", eff.resources)
+        for lid, alarm in eff.of_type("AWS::CloudWatch::Alarm").items():
+            self.assertNotIn("AlarmActions", alarm["Properties"], lid)
+        topic = "arn:aws:sns:eu-west-1:123456789012:ops"
+        eff = Effective(DeliveryPath="Both", AlarmTopicArn=topic, ReplicationLagDbInstanceId="app-db")
+        lag = eff.props("ReplicationLagAlarm")
+        self.assertEqual((lag["Namespace"], lag["MetricName"]), ("AWS/RDS", "OldestReplicationSlotLag"))
+        for lid, alarm in eff.of_type("AWS::CloudWatch::Alarm").items():
+            self.assertEqual(alarm["Properties"]["AlarmActions"], [topic], lid)
+
+    def test_queues_and_topic_are_encrypted(self):
+        eff = Effective(DeliveryPath="Both")
+        for lid, queue in eff.of_type("AWS::SQS::Queue").items():
+            self.assertIs(queue["Properties"]["SqsManagedSseEnabled"], True, lid)
+        self.assertTrue(eff.props("Topic")["KmsMasterKeyId"])
+
+
+class InfraFilesTest(unittest.TestCase):
+    def test_example_configs_use_only_documented_keys(self):
+        for rel, sink in (("ecs/streamer.yaml", "sqs"), ("ec2/streamer.yaml", "sqs")):
+            config = yaml.safe_load((INFRA / rel).read_text())
+            self.assertLessEqual(set(config), set(CONFIG_KEYS), rel)
+            for section, keys in config.items():
+                self.assertLessEqual(set(keys), CONFIG_KEYS[section], f"{rel}: {section}")
+            self.assertEqual(config["sink"]["type"], sink)
+            self.assertNotIn("url", config["source"], f"{rel}: the database URL is a secret")
+            self.assertNotIn("secret_access_key", config["sink"], rel)
+
+    def test_systemd_unit(self):
+        unit = (INFRA / "ec2" / "walcast-streamer.service").read_text()
+        for line in ("ExecStart=/usr/local/bin/streamer run --config /etc/walcast/streamer.yaml",
+                     "User=walcast", "Restart=always", "TimeoutStopSec=120", "KillSignal=SIGTERM",
+                     "EnvironmentFile=/etc/walcast/streamer.env", "WantedBy=multi-user.target"):
+            self.assertIn(f"\n{line}\n", unit)
+
+    def test_dockerfile(self):
+        text = (INFRA / "Dockerfile").read_text()
+        instructions = [l for l in text.splitlines() if l and not l.startswith(("#", " "))]
+        froms = [l for l in instructions if l.startswith("FROM ")]
+        self.assertEqual(froms, ["FROM rust:1-bookworm AS builder", "FROM debian:bookworm-slim"])
+        self.assertIn("cargo build --locked --release -p walcast-streamer --bin streamer", text)
+        self.assertIn("ca-certificates", text)
+        self.assertRegex(text, r"(?m)^USER (?!root|0\b)\S+")
+        self.assertIn('ENTRYPOINT ["/usr/local/bin/streamer"]', instructions)
+        self.assertIn('CMD ["run"]', instructions)
+        self.assertIn("EXPOSE 9187", instructions)
+
+
+if __name__ == "__main__":
+    unittest.main()
