@@ -22,6 +22,15 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
 fi
 id postgres >/dev/null 2>&1 || { echo "setup: no postgres user after installing postgresql-15" >&2; exit 1; }
 
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs and npm (for the SQS/SNS emulator)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 for extra in "$here/install-emulator.sh" "$root/consumer-sqs/scripts/install-cargo-lambda.sh"; do
   if [ -f "$extra" ]; then bash "$extra"; fi
 done

@@ -313,12 +313,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url: tokio_postgres::Config = self.source.url.expose().parse().map_err(|_| {
-            field(
-                "source.url",
-                "not a Postgres connection string (postgres://user:password@host:port/dbname)",
-            )
-        })?;
+        let url = parse_source_url(self.source.url.expose())?.config;
         if url.get_user().is_none() {
             return Err(field("source.url", "no user name"));
         }
@@ -404,12 +399,11 @@ impl Config {
     }
 
     /// The parsed connection string (validated by `load`).
-    pub fn postgres(&self) -> tokio_postgres::Config {
-        self.source
-            .url
-            .expose()
-            .parse()
-            .unwrap_or_else(|_| tokio_postgres::Config::new())
+    pub fn postgres(&self) -> Postgres {
+        parse_source_url(self.source.url.expose()).unwrap_or_else(|_| Postgres {
+            config: tokio_postgres::Config::new(),
+            tls: Tls::default(),
+        })
     }
 
     /// Publication tables as (schema, table).
@@ -429,6 +423,124 @@ impl Config {
             .find(|(k, _)| parse_table(k).is_some_and(|(s, t)| s == schema && t == table))
             .map(|(_, v)| v.as_slice())
     }
+}
+
+/// TLS for both connections to the source, from `sslmode` and `sslrootcert` in
+/// `source.url` (libpq's meanings).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// `sslmode`.
+    pub mode: SslMode,
+    /// `sslrootcert`: PEM file of the CA(s) to trust (default: the public web roots).
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS if the server offers it, not verified (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, not verified.
+    Require,
+    /// TLS, certificate chain verified, host name not.
+    VerifyCa,
+    /// TLS, certificate chain and host name verified.
+    VerifyFull,
+}
+
+/// The source connection: tokio-postgres settings plus TLS.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    /// Host, port, user, password, database (tokio-postgres redacts the password in `Debug`).
+    pub config: tokio_postgres::Config,
+    /// TLS settings.
+    pub tls: Tls,
+}
+
+/// Parses `source.url` (URL or `key=value` form). `sslmode` and `sslrootcert` are taken
+/// out and handled here: tokio-postgres knows neither `verify-ca` nor `verify-full`.
+pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
+    let mut tls = Tls::default();
+    let mut take = |key: &str, value: &str| -> Result<bool, ConfigError> {
+        match key {
+            "sslmode" => {
+                tls.mode = match value {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(field(
+                            "source.url",
+                            format!(
+                                "sslmode={other}: use disable, prefer, require, verify-ca or verify-full"
+                            ),
+                        ))
+                    }
+                };
+                Ok(true)
+            }
+            "sslrootcert" => {
+                tls.root_cert = Some(value.into());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    let v: String = url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    if !take(k, &v)? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for pair in url.split_whitespace() {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(k, v.trim_matches('\''))? {
+                kept.push(pair);
+            }
+        }
+        kept.join(" ")
+    };
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|_| {
+        field(
+            "source.url",
+            "not a Postgres connection string (postgres://user:password@host:port/dbname)",
+        )
+    })?;
+    config.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    if tls.root_cert.is_some() && !matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        return Err(field(
+            "source.url",
+            "sslrootcert goes with sslmode=verify-ca or sslmode=verify-full",
+        ));
+    }
+    Ok(Postgres { config, tls })
 }
 
 fn check_ident(name: &'static str, v: &str, slot: bool) -> Result<(), ConfigError> {
@@ -518,6 +630,27 @@ mod tests {
         )
         .expect_err("typo");
         assert!(e.to_string().contains("WALCAST_SORCE_URL"));
+    }
+
+    #[test]
+    fn tls_settings_come_out_of_the_url() {
+        let pg = parse_source_url(
+            "postgres://u:pw@db:5433/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        )
+        .expect("valid");
+        assert_eq!(pg.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            pg.tls.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(pg.config.get_dbname(), Some("app"));
+        assert_eq!(pg.config.get_ports(), [5433]);
+        let pg = parse_source_url("host=db user=u sslmode=require dbname=app").expect("valid");
+        assert_eq!(pg.tls.mode, SslMode::Require);
+        let plain = parse_source_url("postgres://u@h/d").expect("valid");
+        assert_eq!(plain.tls.mode, SslMode::Prefer);
+        let err = parse_source_url("postgres://u@h/d?sslmode=maybe").expect_err("bad mode");
+        assert!(err.to_string().contains("sslmode=maybe"));
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl PgConnector {
     /// From the configuration.
     pub fn new(config: &Config) -> Self {
         PgConnector {
-            info: ConnectInfo::from_config(&config.postgres(), config.source.url.expose()),
+            info: ConnectInfo::from_config(&config.postgres()),
             slot: config.source.slot.clone(),
             publication: config.source.publication.clone(),
         }
@@ -206,6 +206,11 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                         }
                         _ = confirm_rx.changed() => {
                             stream.confirm(*confirm_rx.borrow_and_update());
+                            continue;
+                        }
+                        // A sink that fails while the stream is quiet must still stop the run.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                            self.sink.flush().await?;
                             continue;
                         }
                         msg = stream.recv() => msg,
@@ -370,7 +375,7 @@ pub fn consumer_meta(config: &Config) -> change_event::Consumer {
 
 /// The source's metadata block.
 pub fn database_meta(config: &Config) -> change_event::Database {
-    let pg = config.postgres();
+    let pg = config.postgres().config;
     let dbname = pg.get_dbname().unwrap_or("postgres").to_owned();
     let hostname = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),

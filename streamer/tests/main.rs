@@ -15,6 +15,7 @@ use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Sto
 use walcast_streamer::progress::Tracker;
 use walcast_streamer::sink::MemorySink;
 
+mod aws;
 mod binary;
 mod streaming;
 mod types;
@@ -31,9 +32,11 @@ pub struct Running {
 
 impl Running {
     pub async fn start(db: &TestDb, extra_yaml: &str) -> Running {
-        let config = Arc::new(
-            Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
-        );
+        Running::start_yaml(&db.config_yaml(extra_yaml)).await
+    }
+
+    pub async fn start_yaml(yaml: &str) -> Running {
+        let config = Arc::new(Config::load(Some(yaml), Vec::new()).expect("valid config"));
         let slot = pipeline::setup(&config).await.expect("setup");
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
         let sink = MemorySink::new(tracker.clone());

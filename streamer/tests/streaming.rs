@@ -254,3 +254,58 @@ async fn confirmed_lsn_follows_accepted_events_and_restart_resumes() {
     run.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn tls_verify_full_on_both_connections() {
+    let db = TestDb::new("tls").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let ca = crate::support::PgServer::get().ca_cert();
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url.replace("127.0.0.1", "localhost"),
+        ca.display()
+    );
+    let yaml = format!(
+        "source:\n  url: '{url}'\n  slot: s_{0}\n  publication: p_{0}\n  tables: [t]\n",
+        db.name
+    );
+    let run = Running::start_yaml(&yaml).await;
+    db.exec("INSERT INTO t VALUES (1)").await;
+    let ev = run.events(1).await;
+    assert_eq!(record(&ev[0])["id"], json!(1));
+    // Both the replication and the catalog connection are encrypted.
+    let rows = db
+        .client
+        .query(
+            "SELECT a.application_name::text, s.ssl FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1 \
+             AND a.application_name IN ('walcast', 'walcast-catalog')",
+            &[&db.name],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(names.contains(&"walcast".to_owned()), "{names:?}");
+    assert!(names.contains(&"walcast-catalog".to_owned()), "{names:?}");
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(1)),
+        "every connection uses TLS"
+    );
+    run.stop().await;
+
+    // Without our CA, verify-full refuses the server: a definite error, not a retry loop.
+    let untrusted = format!(
+        "{}?sslmode=verify-full",
+        db.url.replace("127.0.0.1", "localhost")
+    );
+    let config = walcast_streamer::config::Config::load(
+        Some(&format!("source:\n  url: '{untrusted}'\n")),
+        Vec::new(),
+    )
+    .expect("valid config");
+    let err = walcast_streamer::pipeline::setup(&config)
+        .await
+        .expect_err("an untrusted certificate is refused");
+    assert!(!err.is_transient(), "{err}");
+    db.drop_db().await;
+}

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{from_sql, ReplicationError};
+use super::{from_sql, tls, ReplicationError};
+use crate::config::Postgres;
 use crate::event::{Column, Table, TypeKind};
 use crate::replication::pgoutput::RelationColumn;
 
@@ -46,21 +47,28 @@ pub fn quote_ident(s: &str) -> String {
 
 impl Catalog {
     /// Connects (the connection task runs until the `Catalog` is dropped).
-    pub async fn connect(
-        pg: &tokio_postgres::Config,
-        slot: &str,
-    ) -> Result<Catalog, ReplicationError> {
-        let mut pg = pg.clone();
-        pg.application_name("walcast-catalog");
-        let (client, conn) = pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| from_sql("connecting to Postgres", &e, slot))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "catalog connection closed");
+    pub async fn connect(pg: &Postgres, slot: &str) -> Result<Catalog, ReplicationError> {
+        let mut config = pg.config.clone();
+        config.application_name("walcast-catalog");
+        let context = "connecting to Postgres";
+        let client = match tls::client_config(&pg.tls)? {
+            None => {
+                let (client, conn) = config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| from_sql(context, &e, slot))?;
+                tokio::spawn(watch_connection(conn));
+                client
             }
-        });
+            Some(rustls) => {
+                let (client, conn) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+                    .await
+                    .map_err(|e| from_sql(context, &e, slot))?;
+                tokio::spawn(watch_connection(conn));
+                client
+            }
+        };
         Ok(Catalog {
             client,
             slot: slot.to_owned(),
@@ -340,6 +348,15 @@ impl Catalog {
             primary_key,
             group_key,
         ))
+    }
+}
+
+async fn watch_connection<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "catalog connection closed");
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod catalog;
 pub mod pgoutput;
+pub mod tls;
 pub mod transport;
 
 /// Why reading the slot stopped.
@@ -95,7 +96,31 @@ pub(crate) fn classify_code(
 pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> ReplicationError {
     match e.as_db_error() {
         Some(db) => classify_code(context, db.message(), db.code().code(), slot),
+        // A certificate the settings refuse will be refused again: say what to fix.
+        None if tls_failure(e).is_some() => ReplicationError::Definite(format!(
+            "{context}: {e}: {}. Check sslmode and sslrootcert in source.url.",
+            tls_failure(e).unwrap_or_default()
+        )),
         // Not from the server: the connection failed or closed.
         None => ReplicationError::Transient(format!("{context}: {e}")),
     }
+}
+
+/// The TLS error under a connection error, if that is what it is.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(inner.to_string());
+        }
+        cur = err.source();
+    }
+    None
 }

@@ -15,6 +15,7 @@ use pgwire_replication::{
 };
 
 use super::{classify_server_error, ReplicationError};
+use crate::config::{Postgres, SslMode, Tls};
 
 /// What the stream delivers.
 #[derive(Debug)]
@@ -74,43 +75,39 @@ pub struct ConnectInfo {
     pub password: String,
     /// Database.
     pub database: String,
-    /// `sslmode`.
-    pub ssl_mode: String,
+    /// TLS settings.
+    pub tls: Tls,
 }
 
 impl std::fmt::Debug for ConnectInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}@{}:{}/{} (sslmode={})",
-            self.user, self.host, self.port, self.database, self.ssl_mode
+            "{}@{}:{}/{} ({:?})",
+            self.user, self.host, self.port, self.database, self.tls.mode
         )
     }
 }
 
 impl ConnectInfo {
-    /// From a validated connection string.
-    pub fn from_config(pg: &tokio_postgres::Config, url: &str) -> Self {
-        let host = match pg.get_hosts().first() {
+    /// From the parsed `source.url`.
+    pub fn from_config(pg: &Postgres) -> Self {
+        let c = &pg.config;
+        let host = match c.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".into(),
         };
-        let ssl_mode = url
-            .split(['?', '&', ' '])
-            .find_map(|kv| kv.strip_prefix("sslmode="))
-            .unwrap_or("prefer")
-            .to_owned();
         ConnectInfo {
             host,
-            port: pg.get_ports().first().copied().unwrap_or(5432),
-            user: pg.get_user().unwrap_or("postgres").to_owned(),
-            password: pg
+            port: c.get_ports().first().copied().unwrap_or(5432),
+            user: c.get_user().unwrap_or("postgres").to_owned(),
+            password: c
                 .get_password()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default(),
-            database: pg.get_dbname().unwrap_or("postgres").to_owned(),
-            ssl_mode,
+            database: c.get_dbname().unwrap_or("postgres").to_owned(),
+            tls: pg.tls.clone(),
         }
     }
 }
@@ -132,13 +129,14 @@ pub async fn connect(
     publication: &str,
     ack_lsn: u64,
 ) -> Result<PgwireStream, ReplicationError> {
-    let tls = match info.ssl_mode.as_str() {
-        "require" => TlsConfig::require(),
-        "verify-ca" => TlsConfig::verify_ca(None),
-        "verify-full" => TlsConfig::verify_full(None),
-        // disable, allow, prefer: plain (libpq's prefer would try TLS first; say
-        // sslmode=require to insist on it).
-        _ => TlsConfig::disabled(),
+    let root = info.tls.root_cert.clone();
+    let tls = match info.tls.mode {
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(root),
+        SslMode::VerifyFull => TlsConfig::verify_full(root),
+        // pgwire-replication has no "TLS if offered": prefer connects in the clear,
+        // like a libpq client whose server does not offer TLS. Say sslmode=require to insist.
+        SslMode::Disable | SslMode::Prefer => TlsConfig::disabled(),
     };
     let mut cfg = ReplicationConfig::new(
         info.host.clone(),

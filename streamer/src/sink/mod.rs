@@ -15,10 +15,16 @@
 //! - **Bounded.** `send` waits when the sink holds as much as it may: memory
 //!   stays bounded whatever the transaction size.
 
+pub mod aws;
 mod memory;
+pub mod sns;
+pub mod sqs;
 mod stdout;
 
+pub use aws::AwsSink;
 pub use memory::MemorySink;
+pub use sns::SnsTopic;
+pub use sqs::SqsQueue;
 pub use stdout::StdoutSink;
 
 use std::future::Future;

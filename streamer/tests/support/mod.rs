@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
+pub mod emulator;
+
 pub struct PgServer {
     pub port: u16,
     pub dir: PathBuf,
@@ -103,6 +105,7 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        make_certificates(&base);
         let port = free_port();
         let log = base.join("postgres.log");
         let mut pg = as_pg_user(&bin.join("pg_ctl"));
@@ -116,8 +119,10 @@ impl PgServer {
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
                  -c max_replication_slots=64 -c max_wal_senders=64 -c max_connections=200 \
                  -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                 -c wal_sender_timeout=60s",
-                sock.display()
+                 -c wal_sender_timeout=60s -c ssl=on -c ssl_cert_file={base}/server.crt \
+                 -c ssl_key_file={base}/server.key",
+                sock.display(),
+                base = base.display(),
             ))
             .arg("start")
             .stdout(Stdio::null());
@@ -152,8 +157,46 @@ impl PgServer {
         PgServer { port, dir: base }
     }
 
+    /// The CA that signed the server's certificate (for `sslrootcert`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1, so the
+/// server speaks TLS and tests can connect with `sslmode=verify-full`.
+fn make_certificates(dir: &Path) {
+    let sh = format!(
+        "set -e; cd {dir}
+         openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=walcast-test-ca
+         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext
+         chmod 600 server.key",
+        dir = dir.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &sh])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "making test certificates failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.join("server.key"))
+            .arg(dir.join("server.crt"))
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "chown of the server key failed");
     }
 }
 
