@@ -12,11 +12,13 @@
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
 //! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
 //! - [`check`]: `streamer check`, a diagnosis of the database.
+//! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod ops;
 pub mod pipeline;
 pub mod progress;
 pub mod replication;

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::{Config, LogFormat, SinkType};
+use walcast_streamer::ops;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
 use walcast_streamer::replication::catalog::parse_lsn;
@@ -37,6 +38,9 @@ enum Command {
     },
     /// Diagnose the database (and sink) and exit non-zero on a failure.
     Check,
+    /// Ask a running streamer's /healthz (exit 0 when healthy): the container health check.
+    /// Reads only http.listen / WALCAST_HTTP_LISTEN (default 127.0.0.1:9187).
+    Healthz,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,9 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    if let Command::Healthz = cli.command {
+        return healthz(cli.config.as_deref());
+    }
     let yaml = match &cli.config {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(s) => Some(s),
@@ -76,6 +83,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { until_lsn } => run(config, until_lsn.as_deref(), started).await,
             Command::Check => check(config).await,
+            // Answered above, before the configuration is loaded.
+            Command::Healthz => Ok(ExitCode::SUCCESS),
         }
     });
     match result {
@@ -136,6 +145,18 @@ async fn run(
     };
     let slot = pipeline::setup(&config).await?;
     let tracker = Tracker::new(slot.confirmed_flush_lsn);
+    if let Some(addr) = &config.http.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("http.listen {addr}: cannot listen"))?;
+        tracing::info!(listen = %addr, "serving /healthz and /metrics");
+        tokio::spawn(ops::serve(listener, tracker.clone()));
+        tokio::spawn(ops::probe_lag(
+            config.postgres(),
+            config.source.slot.clone(),
+            Arc::clone(tracker.metrics()),
+        ));
+    }
     match config.sink.kind {
         SinkType::Stdout => {
             let sink = StdoutSink::new(tracker.clone());
@@ -260,4 +281,43 @@ async fn check_sink(config: &Config) -> Vec<check::Finding> {
         }
     }
     out
+}
+
+/// `streamer healthz`: GET /healthz on the configured listener.
+fn healthz(config: Option<&std::path::Path>) -> ExitCode {
+    let from_file = config
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|y| serde_norway::from_str::<serde_norway::Value>(&y).ok())
+        .and_then(|v| v.get("http")?.get("listen")?.as_str().map(str::to_owned));
+    let listen = std::env::var("WALCAST_HTTP_LISTEN")
+        .ok()
+        .or(from_file)
+        .unwrap_or_else(|| "127.0.0.1:9187".into());
+    let Ok(mut addr) = listen.parse::<std::net::SocketAddr>() else {
+        eprintln!("error: http.listen `{listen}` is not host:port");
+        return ExitCode::from(2);
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ops::probe(addr)) {
+        Ok(()) => {
+            println!("healthy");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -133,6 +133,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     })
                 }
                 Err(PipelineError::Replication(e)) if e.is_transient() => {
+                    self.tracker.metrics().set_connected(false);
                     failures += 1;
                     let delay = backoff(failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
@@ -146,7 +147,14 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let metrics = self.tracker.metrics();
+                    metrics.set_connected(false);
+                    if let PipelineError::Sink(s) = &e {
+                        metrics.set_sink_error(&s.to_string());
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -168,6 +176,8 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let slot = self.config.source.slot.clone();
         let mut catalog = Catalog::connect(&self.config.postgres(), &slot).await?;
         let mut stream = self.connector.connect(self.tracker.confirmable()).await?;
+        let metrics = std::sync::Arc::clone(self.tracker.metrics());
+        metrics.set_connected(true);
         self.tracker.reset_transaction();
         tracing::info!(slot = %slot, confirmed = %format_lsn(self.tracker.confirmable()), "streaming");
         let mut relations: HashMap<u32, Arc<Table>> = HashMap::new();
@@ -288,6 +298,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                                 .filter_map(|r| relations.get(r).map(|t| t.qualified.as_str()))
                                 .collect();
                             tracing::warn!(tables = ?names, "TRUNCATE is not streamed as events: consumers keep the rows they had");
+                            metrics.truncate();
                         }
                         PgOutput::Message {
                             transactional,
@@ -329,6 +340,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             .build(tx, table, change)
             .map_err(|e| ReplicationError::Definite(e.to_string()))?;
         event.seq = self.tracker.register();
+        self.tracker.metrics().received(&event);
         self.sink.send(event).await?;
         Ok(())
     }

@@ -21,12 +21,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use crate::ops::Metrics;
+
 /// Shared between the pipeline (registers events and commits) and the sinks
 /// (accept events). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Tracker {
     inner: std::sync::Arc<Mutex<Inner>>,
     confirmable: watch::Sender<u64>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +77,13 @@ impl Tracker {
         Tracker {
             inner: std::sync::Arc::new(Mutex::new(inner)),
             confirmable: watch::Sender::new(start),
+            metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// The metrics of this pipeline (sinks record deliveries here).
+    pub fn metrics(&self) -> &std::sync::Arc<Metrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

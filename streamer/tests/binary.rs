@@ -23,11 +23,16 @@ fn write_config(db: &TestDb, dir: &Path, extra: &str) -> PathBuf {
 
 impl Streamer {
     fn start(config: &Path, dir: &Path, run: u32) -> Streamer {
+        Streamer::start_env(config, dir, run, &[])
+    }
+
+    fn start_env(config: &Path, dir: &Path, run: u32, env: &[(&str, &str)]) -> Streamer {
         let out = dir.join(format!("out-{run}.jsonl"));
         let err = dir.join(format!("err-{run}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_streamer"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(std::fs::File::create(&out).expect("out")))
             .stderr(Stdio::from(std::fs::File::create(err).expect("err")))
@@ -258,5 +263,82 @@ async fn check_diagnoses_a_misconfigured_database() {
     assert!(err.contains("sink.queue_url"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     db.exec("DROP ROLE weak").await;
+    db.drop_db().await;
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to the ops listener");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn healthz(addr: &str) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .arg("healthz")
+        .env("WALCAST_HTTP_LISTEN", addr)
+        .status()
+        .expect("run healthz")
+        .success()
+}
+
+#[tokio::test]
+async fn healthz_and_metrics() {
+    let db = TestDb::new("bin_ops").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&db, dir.path(), "  tables: [t]\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    assert!(!healthz(&addr), "nothing listens yet");
+    let mut s = Streamer::start_env(&config, dir.path(), 1, &[("WALCAST_HTTP_LISTEN", &addr)]);
+    eventually(WAIT, || async { healthz(&addr) }).await;
+    db.exec("INSERT INTO t SELECT generate_series(1, 5); DELETE FROM t WHERE id = 1;")
+        .await;
+    eventually(WAIT, || async { s.lines().len() >= 6 }).await;
+    eventually(WAIT, || async {
+        http_get(&addr, "/metrics").contains("walcast_delivery_latency_seconds_count 6")
+    })
+    .await;
+    let m = http_get(&addr, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    for line in [
+        "walcast_events_received_total{table=\"public.t\",action=\"insert\"} 5",
+        "walcast_events_received_total{table=\"public.t\",action=\"delete\"} 1",
+        "walcast_events_delivered_total{table=\"public.t\"} 6",
+        "walcast_events_dead_lettered_total{table=\"public.t\"} 0",
+        "walcast_replication_connected 1",
+        "walcast_events_in_flight 0",
+        "walcast_up 1",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in\n{m}");
+    }
+    let confirmed: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("walcast_confirmed_lsn "))
+        .and_then(|v| v.parse().ok())
+        .expect("confirmed LSN gauge");
+    assert!(confirmed > 0);
+    eventually(WAIT, || async {
+        http_get(&addr, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("walcast_replication_lag_bytes "))
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some_and(|lag| lag >= 0)
+    })
+    .await;
+    assert!(http_get(&addr, "/nope").starts_with("HTTP/1.1 404"));
+    s.signal("-TERM");
+    assert!(s.wait_exit().await.success());
+    assert!(!healthz(&addr), "a stopped streamer is not healthy");
     db.drop_db().await;
 }

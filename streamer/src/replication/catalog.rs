@@ -243,6 +243,20 @@ impl Catalog {
         }))
     }
 
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot, in bytes.
+    pub async fn slot_lag(&self, slot: &str) -> Result<Option<i64>, ReplicationError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| self.err("reading the slot's lag", e))?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
     /// How values of type `oid` are written (cached).
     pub async fn type_kind(&mut self, oid: u32) -> Result<TypeKind, ReplicationError> {
         if let Some(k) = TypeKind::builtin(oid) {

@@ -452,6 +452,8 @@ async fn deliver<D: Destination, L: Destination>(
         let take = if one_by_one { 1 } else { pending.len() };
         let chunk: Vec<Message> = pending.drain(..take).collect();
         let mut retry: Vec<Message> = Vec::new();
+        let metrics = s.tracker.metrics();
+        metrics.batch();
         match s.dest.send_batch(&chunk).await {
             Ok(failures) => {
                 let mut failed = vec![None; chunk.len()];
@@ -472,7 +474,10 @@ async fn deliver<D: Destination, L: Destination>(
                 let mut accepted = Vec::with_capacity(chunk.len());
                 for (m, f) in chunk.into_iter().zip(failed) {
                     match f {
-                        None => accepted.push(m.event.seq),
+                        None => {
+                            metrics.delivered(&m.event);
+                            accepted.push(m.event.seq)
+                        }
                         Some(f) => match classify(
                             Some(&f.code),
                             None,
@@ -480,8 +485,12 @@ async fn deliver<D: Destination, L: Destination>(
                             true,
                             f.sender_fault,
                         ) {
-                            Disposition::Retry => retry.push(m),
+                            Disposition::Retry => {
+                                metrics.failed(&m.event);
+                                retry.push(m)
+                            }
                             Disposition::RejectMessage => {
+                                metrics.failed(&m.event);
                                 reject(s, &m.event, &format!("{}: {}", f.code, f.message)).await?
                             }
                             Disposition::Fatal => {
@@ -505,7 +514,10 @@ async fn deliver<D: Destination, L: Destination>(
                 }
             }
             Err(e) => match classify(e.code.as_deref(), e.status, e.transport, false, false) {
-                Disposition::Retry => retry = chunk,
+                Disposition::Retry => {
+                    chunk.iter().for_each(|m| metrics.failed(&m.event));
+                    retry = chunk
+                }
                 Disposition::RejectMessage if chunk.len() > 1 => {
                     one_by_one = true;
                     retry = chunk;
@@ -623,6 +635,7 @@ async fn reject<D: Destination, L: Destination>(
         tracing::warn!(error = %err, dead_letter_queue = %dlq.name(), attempt, "dead-lettering failed; retrying");
         tokio::time::sleep(delay).await;
     }
+    s.tracker.metrics().dead_lettered(event);
     s.tracker.accept(event.seq);
     s.permits.add_permits(1);
     Ok(())

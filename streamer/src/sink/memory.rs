@@ -31,6 +31,7 @@ impl MemorySink {
 impl Sink for MemorySink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         let seq = event.seq;
+        self.tracker.metrics().delivered(&event);
         self.events
             .lock()
             .map_err(|_| SinkError::Fatal("memory sink poisoned".into()))?

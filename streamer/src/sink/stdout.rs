@@ -15,7 +15,8 @@ const MAX_UNFLUSHED: usize = 4096;
 /// Writes events as JSON lines.
 pub struct StdoutSink {
     out: std::io::BufWriter<Box<dyn Write + Send>>,
-    unflushed: Vec<u64>,
+    /// (seq, table, commit time) of the lines written since the last flush.
+    unflushed: Vec<(u64, std::sync::Arc<crate::event::Table>, i64)>,
     tracker: Tracker,
 }
 
@@ -38,7 +39,12 @@ impl StdoutSink {
         self.out
             .flush()
             .map_err(|e| SinkError::Fatal(format!("writing to stdout: {e}")))?;
-        self.tracker.accept_all(self.unflushed.drain(..));
+        let metrics = self.tracker.metrics();
+        for (_, table, at) in &self.unflushed {
+            metrics.delivered_at(&table.qualified, *at);
+        }
+        self.tracker
+            .accept_all(self.unflushed.drain(..).map(|(seq, _, _)| seq));
         Ok(())
     }
 }
@@ -49,7 +55,8 @@ impl Sink for StdoutSink {
             .write_all(event.payload.as_bytes())
             .and_then(|()| self.out.write_all(b"\n"))
             .map_err(|e| SinkError::Fatal(format!("writing to stdout: {e}")))?;
-        self.unflushed.push(event.seq);
+        self.unflushed
+            .push((event.seq, event.table, event.commit_time_micros));
         if self.unflushed.len() >= MAX_UNFLUSHED {
             self.flush_now()?;
         }
