@@ -68,6 +68,14 @@ impl Running {
             .collect()
     }
 
+    /// Waits for the pipeline to stop on its own with an error; returns the message.
+    pub async fn failure(&mut self) -> String {
+        match tokio::time::timeout(WAIT, &mut self.handle).await {
+            Ok(Ok(Err(e))) => e.to_string(),
+            other => panic!("expected the pipeline to fail, got {other:?}"),
+        }
+    }
+
     pub async fn stop(mut self) -> Stopped {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

@@ -309,3 +309,51 @@ async fn tls_verify_full_on_both_connections() {
     assert!(!err.is_transient(), "{err}");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn connection_loss_reconnects_and_a_dropped_slot_stops() {
+    let db = TestDb::new("reconnect").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let slot = format!("s_{}", db.name);
+    let mut run = Running::start(&db, "  tables: [t]\n").await;
+    db.exec("INSERT INTO t SELECT generate_series(1, 10)").await;
+    run.events(10).await;
+    // Transient: the walsender dies (as in a failover or an admin's pg_terminate_backend).
+    let terminate = format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE slot_name = '{slot}' AND active_pid IS NOT NULL"
+    );
+    db.exec(&terminate).await;
+    db.exec("INSERT INTO t SELECT generate_series(11, 20)")
+        .await;
+    let ev = run.events(20).await;
+    let mut ids: Vec<i64> = ev
+        .iter()
+        .map(|e| record(e)["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (1..=20).collect::<Vec<_>>(),
+        "nothing lost across the reconnect"
+    );
+
+    // Definite: the slot is dropped while the streamer is away; it stops and says why.
+    let drop_slot = format!(
+        "DO $$ BEGIN
+           PERFORM pg_terminate_backend(active_pid) FROM pg_replication_slots
+             WHERE slot_name = '{slot}' AND active_pid IS NOT NULL;
+           PERFORM pg_sleep(0.2);
+           PERFORM pg_drop_replication_slot('{slot}');
+         END $$"
+    );
+    eventually(WAIT, || async {
+        db.client.batch_execute(&drop_slot).await.is_ok()
+    })
+    .await;
+    let err = run.failure().await;
+    assert!(err.contains("replication slot"), "{err}");
+    assert!(err.contains("dropped"), "{err}");
+    db.drop_db().await;
+}
