@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
-# walcast benchmark: the streamer against Postgres's own limit, side by side, same run.
+# walcast benchmark: the streamer against Postgres's own limit and the sink's ceiling,
+# side by side, in one run.
 #
-#   bash bench/run.sh            # every scenario (1M-row transaction included)
-#   ROWS=100000 bash bench/run.sh  # smaller
+#   bash bench/run.sh                                # every scenario (1M-row transaction included)
+#   ROWS=100000 TXNS=10000 LATENCY_SECS=10 bash bench/run.sh   # smaller
 #
-# For each scenario, two slots are created before the workload, so both readers decode the
-# same WAL: pg_recvlogical (pgoutput, to /dev/null) is the limit; the streamer with the stdout
-# sink to /dev/null is measured against it. Both stop at the same LSN (--endpos / --until-lsn).
-# Results: a markdown table on stdout and in bench/results.md.
+# For each scenario, three slots are created before the workload, so every reader decodes the
+# same WAL:
+#   - pg_recvlogical (pgoutput, to /dev/null): the limit;
+#   - the streamer with the stdout sink (to a pipe that counts the events);
+#   - the streamer with the SQS sink, to a FIFO queue of the local emulator (fauxqs), beside
+#     a plain SDK loop of SendMessageBatch sending as many messages of the same average size
+#     to the same emulator (bench/src/main.rs): the sink's ceiling.
+# All stop at the same LSN (--endpos / --until-lsn). Then the latency run: a steady 5,000
+# single-row inserts/s for LATENCY_SECS (pgbench --rate) with the streamer live on the SQS
+# sink; commit → accepted is read from its /metrics histogram.
+# Results: markdown tables on stdout and in bench/results.md.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash infra/setup.sh >/dev/null
 ROWS="${ROWS:-1000000}"
 TXNS="${TXNS:-100000}"
+LATENCY_SECS="${LATENCY_SECS:-20}"
 bin=/usr/lib/postgresql/15/bin
 run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-cargo build -q --release -p walcast-streamer --bin streamer
+cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling
 streamer="$root/target/release/streamer"
+ceiling="$root/target/release/sqs-ceiling"
+fauxqs="$(bash infra/install-emulator.sh | tail -n 1)"
 
 work="$(mktemp -d /tmp/walcast-bench.XXXXXX)"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-cleanup() { run_pg "$bin/pg_ctl" -D "$work/data" stop -m immediate >/dev/null 2>&1 || true; rm -rf "$work"; }
+port="$(free_port)"
+fauxqs_pid=""
+cleanup() {
+  [ -n "$fauxqs_pid" ] && kill "$fauxqs_pid" 2>/dev/null
+  run_pg "$bin/pg_ctl" -D "$work/data" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT INT TERM
 run_pg "$bin/initdb" -D "$work/data" --no-sync -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
 run_pg "$bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -o \
@@ -33,16 +50,38 @@ run_pg "$bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -o \
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-results="$work/results.tsv"
-: > "$results"
+sqs_port="$(free_port)"
+endpoint="http://127.0.0.1:$sqs_port"
+FAUXQS_PORT=$sqs_port FAUXQS_HOST=localhost FAUXQS_LOGGER=false "$fauxqs" >"$work/fauxqs.log" 2>&1 &
+fauxqs_pid=$!
+for _ in $(seq 200); do "$ceiling" --endpoint "$endpoint" create bench-probe >/dev/null 2>&1 && break; sleep 0.1; done
+queue_n=0
+new_queue() { queue_n=$((queue_n + 1)); "$ceiling" --endpoint "$endpoint" create "bench-$queue_n.fifo"; }
+# Seconds from the streamer's start until --until-lsn was reached (from its JSON log).
+elapsed_of() {
+  python3 - "$1" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    if "elapsed_ms" in j:
+        print(j["elapsed_ms"] / 1000)
+PY
+}
+json_field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-# scenario NAME SETUP_SQL WORKLOAD(command) EVENTS
+: > "$work/results.tsv"
+: > "$work/sqs.tsv"
+
+# scenario NAME SETUP_SQL WORKLOAD(command)
 scenario() {
-  local name="$1" setup="$2" workload="$3" events="$4"
+  local name="$1" setup="$2" workload="$3"
   echo "== $name" >&2
-  psql -c "DROP TABLE IF EXISTS bench_t CASCADE" -c "$setup" >/dev/null
-  psql -c "DROP PUBLICATION IF EXISTS bench_p" -c "CREATE PUBLICATION bench_p FOR TABLE bench_t" >/dev/null
-  for s in bench_rec bench_str; do
+  psql -c "DROP TABLE IF EXISTS bench_t CASCADE" -c "$setup" >/dev/null 2>&1
+  psql -c "DROP PUBLICATION IF EXISTS bench_p" -c "CREATE PUBLICATION bench_p FOR TABLE bench_t" >/dev/null 2>&1
+  for s in bench_rec bench_str bench_sqs; do
     psql -c "SELECT pg_drop_replication_slot('$s') FROM pg_replication_slots WHERE slot_name = '$s'" >/dev/null
     psql -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
   done
@@ -58,34 +97,38 @@ scenario() {
   t1=$(date +%s.%N)
   local rec_s; rec_s=$(python3 -c "print($t1 - $t0)")
 
-  # The streamer, stdout sink to /dev/null, stopping at the same LSN.
+  # The streamer, stdout sink, stopping at the same LSN; the pipe counts events and bytes.
   cat > "$work/cfg.yaml" <<YAML
 source: {url: "postgres://postgres@127.0.0.1:$port/postgres", slot: bench_str, publication: bench_p, tables: [bench_t]}
 sink: {type: stdout}
 log: {format: json}
 YAML
   /usr/bin/time -f "%M" -o "$work/str.rss" "$streamer" run --config "$work/cfg.yaml" --until-lsn "$endpos" \
-    2>"$work/str.log" | wc -l > "$work/str.count"
-  local str_ms; str_ms=$(python3 -c "
-import json,sys
-for l in open('$work/str.log'):
-    try: j=json.loads(l)
-    except Exception: continue
-    if 'elapsed_ms' in j: print(j['elapsed_ms'])")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$(cat "$work/str.count")" "$rec_s" "$(cat "$work/rec.rss")" \
-    "$(python3 -c "print($str_ms/1000)")" "$(cat "$work/str.rss")" >> "$results"
+    2>"$work/str.log" | wc -lc > "$work/str.count"
+  local count bytes; read -r count bytes < "$work/str.count"
+  local str_s; str_s="$(elapsed_of "$work/str.log")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$rec_s" "$(cat "$work/rec.rss")" \
+    "$str_s" "$(cat "$work/str.rss")" >> "$work/results.tsv"
+
+  # The streamer to the emulator (FIFO), then the emulator's ceiling for as many messages
+  # of the same average size.
+  cat > "$work/sqs.yaml" <<YAML
+source: {url: "postgres://postgres@127.0.0.1:$port/postgres", slot: bench_sqs, publication: bench_p, tables: [bench_t]}
+sink: {type: sqs, queue_url: "$(new_queue)", endpoint_url: "$endpoint", access_key_id: test, secret_access_key: test}
+log: {format: json}
+YAML
+  /usr/bin/time -f "%M" -o "$work/sqs.rss" "$streamer" run --config "$work/sqs.yaml" --until-lsn "$endpos" \
+    >/dev/null 2>"$work/sqs.log"
+  local sqs_s; sqs_s="$(elapsed_of "$work/sqs.log")"
+  local avg=$(( bytes / (count > 0 ? count : 1) ))
+  local ceil_json; ceil_json="$("$ceiling" --endpoint "$endpoint" send --queue-url "$(new_queue)" --messages "$count" --size "$avg")"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$sqs_s" "$(json_field "$ceil_json" seconds)" \
+    "$(cat "$work/sqs.rss")" >> "$work/sqs.tsv"
 }
 
 SMALL="CREATE TABLE bench_t (id bigint PRIMARY KEY, name text, email text, n int, amount numeric(12,2), created timestamptz DEFAULT now(), payload text)"
 SMALL_ROW="'name-' || i, 'user' || i || '@example.com', i % 1000, (i % 10000) / 100.0, now(), repeat('x', 80)"
 BIG_ROW="'name-' || i, 'user' || i || '@example.com', i % 1000, (i % 10000) / 100.0, now(), repeat(md5(i::text), 58)"
-
-scenario "1 txn × $((ROWS/10)) rows (~200 B)" "$SMALL" \
-  "psql -c \"INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, $((ROWS/10))) i\"" $((ROWS/10))
-scenario "1 txn × $ROWS rows (~200 B)" "$SMALL" \
-  "psql -c \"INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, $ROWS) i\"" "$ROWS"
-scenario "1 txn × $((ROWS/5)) rows (~2 KB)" "$SMALL" \
-  "psql -c \"ALTER TABLE bench_t ALTER payload SET STORAGE PLAIN\" -c \"INSERT INTO bench_t SELECT i, $BIG_ROW FROM generate_series(1, $((ROWS/5))) i\"" $((ROWS/5))
 
 cat > "$work/single.sql" <<'SQL'
 INSERT INTO bench_t (id, name, email, n, amount, payload) VALUES (nextval('bench_seq'), 'n', 'e@example.com', 1, 1.50, repeat('x', 80));
@@ -102,20 +145,84 @@ DELETE FROM bench_t WHERE id = :k;
 \endif
 SQL
 per_client=$((TXNS / 4))
-scenario "$TXNS single-row txns, 4 clients (pgbench)" "$SMALL; DROP SEQUENCE IF EXISTS bench_seq; CREATE SEQUENCE bench_seq" \
-  "pgbench -n -c 4 -j 2 -t $per_client -f $work/single.sql >/dev/null 2>&1" "$TXNS"
-scenario "$TXNS mixed 60/30/10 ins/upd/del txns (pgbench)" \
-  "$SMALL; DROP SEQUENCE IF EXISTS bench_seq; CREATE SEQUENCE bench_seq START 50001; INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, 50000) i" \
-  "pgbench -n -c 4 -j 2 -t $per_client -f $work/mixed.sql >/dev/null 2>&1" "~$TXNS"
 
-python3 - "$results" <<'PY' | tee "$root/bench/results.md"
+scenario "1 txn × $((ROWS / 10)) rows (~200 B)" "$SMALL" \
+  "psql -c \"INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, $((ROWS / 10))) i\""
+scenario "1 txn × $ROWS rows (~200 B)" "$SMALL" \
+  "psql -c \"INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, $ROWS) i\""
+scenario "1 txn × $((ROWS / 5)) rows (~2 KB)" "$SMALL; ALTER TABLE bench_t ALTER payload SET STORAGE PLAIN" \
+  "psql -c \"INSERT INTO bench_t SELECT i, $BIG_ROW FROM generate_series(1, $((ROWS / 5))) i\""
+scenario "$TXNS single-row txns, 4 clients (pgbench)" "$SMALL; DROP SEQUENCE IF EXISTS bench_seq; CREATE SEQUENCE bench_seq" \
+  "pgbench -n -c 4 -j 2 -t $per_client -f $work/single.sql >/dev/null 2>&1"
+scenario "$TXNS txns mixed 60/30/10 ins/upd/del (pgbench)" \
+  "$SMALL; DROP SEQUENCE IF EXISTS bench_seq; CREATE SEQUENCE bench_seq START 50001; INSERT INTO bench_t SELECT i, $SMALL_ROW FROM generate_series(1, 50000) i" \
+  "pgbench -n -c 4 -j 2 -t $per_client -f $work/mixed.sql >/dev/null 2>&1"
+
+# Latency: a steady 5,000 single-row inserts/s, the streamer live on the SQS sink.
+echo "== latency at 5,000 changes/s for ${LATENCY_SECS}s" >&2
+psql -c "DROP TABLE IF EXISTS bench_t CASCADE" -c "$SMALL" -c "DROP SEQUENCE IF EXISTS bench_seq" \
+  -c "CREATE SEQUENCE bench_seq" >/dev/null 2>&1
+http_port="$(free_port)"
+cat > "$work/lat.yaml" <<YAML
+source: {url: "postgres://postgres@127.0.0.1:$port/postgres", slot: bench_lat, publication: bench_p, tables: [bench_t]}
+sink: {type: sqs, queue_url: "$(new_queue)", endpoint_url: "$endpoint", access_key_id: test, secret_access_key: test}
+http: {listen: "127.0.0.1:$http_port"}
+log: {format: json}
+YAML
+"$streamer" run --config "$work/lat.yaml" >/dev/null 2>"$work/lat.log" &
+lat_pid=$!
+for _ in $(seq 200); do WALCAST_HTTP_LISTEN="127.0.0.1:$http_port" "$streamer" healthz >/dev/null 2>&1 && break; sleep 0.1; done
+pgbench -n -c 4 -j 2 -R 5000 -T "$LATENCY_SECS" -f "$work/single.sql" > "$work/pgbench-lat.log" 2>&1 || true
+# Let the last changes arrive before reading the histogram.
+for _ in $(seq 100); do
+  inflight="$(python3 -c "import urllib.request; m=urllib.request.urlopen('http://127.0.0.1:$http_port/metrics').read().decode(); print([l.split()[-1] for l in m.splitlines() if l.startswith('walcast_events_in_flight ')][0])")"
+  [ "$inflight" = 0 ] && break; sleep 0.1
+done
+python3 - "$http_port" > "$work/latency.txt" <<'PY'
+import sys, urllib.request
+m = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+buckets, count = [], 0
+for line in m.splitlines():
+    if line.startswith("walcast_delivery_latency_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
+    elif line.startswith("walcast_delivery_latency_seconds_count"):
+        count = int(line.split()[-1])
+def quantile(p):
+    target, prev_le, prev_n = p * count, 0.0, 0
+    for le, n in buckets:
+        if n >= target:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((target - prev_n) / max(n - prev_n, 1))
+        prev_le, prev_n = le, n
+    return float("nan")
+print(f"{count}\t{quantile(0.5) * 1000:.1f}\t{quantile(0.99) * 1000:.1f}")
+PY
+kill -TERM "$lat_pid"; wait "$lat_pid" || true
+rate="$(grep -Eo 'tps = [0-9.]+' "$work/pgbench-lat.log" | head -1 | cut -d' ' -f3)"
+
+python3 - "$work/results.tsv" "$work/sqs.tsv" "$work/latency.txt" "${rate:-?}" <<'PY' | tee "$root/bench/results.md"
 import sys, datetime, os
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-print(f"# walcast benchmark ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores)\n")
-print("Same WAL, same run: pg_recvlogical (pgoutput → /dev/null) vs `streamer run` (stdout sink → a pipe to `wc -l`, which counts the events).\n")
-print("| scenario | events | pg_recvlogical s | streamer s | streamer / pg_recvlogical (speed) | pg_recvlogical peak RSS | streamer peak RSS |")
+print(f"# walcast benchmark ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores)\n")
+print("Same WAL, same run. pg_recvlogical (pgoutput → /dev/null) is the limit; `streamer run` writes to the")
+print("stdout sink, piped to `wc` (which counts the events). Speed ratio = pg_recvlogical time / streamer time.\n")
+print("| scenario | events | pg_recvlogical s | streamer s | streamer / pg_recvlogical | pg_recvlogical peak RSS | streamer peak RSS |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for name, ev, rs, rrss, ss, srss in rows:
     rs, ss = float(rs), float(ss)
-    print(f"| {name} | {ev} | {rs:.2f} | {ss:.2f} | {rs/ss:.2f} | {int(rrss)/1024:.1f} MiB | {int(srss)/1024:.1f} MiB |")
+    print(f"| {name} | {ev} | {rs:.2f} | {ss:.2f} | {rs / ss:.2f} | {int(rrss) / 1024:.1f} MiB | {int(srss) / 1024:.1f} MiB |")
+sqs = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
+print("\nTo the SQS emulator (fauxqs, a FIFO queue, one message group per row): the streamer, against a plain")
+print("SDK loop of SendMessageBatch (10 per call, 8 calls in flight) sending as many messages of the same size.\n")
+print("| scenario | events | streamer → SQS s | SDK loop s | streamer / SDK loop | streamer peak RSS |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, ev, ss, cs, rss in sqs:
+    ss, cs = float(ss), float(cs)
+    print(f"| {name} | {ev} | {ss:.2f} | {cs:.2f} | {cs / ss:.2f} | {int(rss) / 1024:.1f} MiB |")
+n, p50, p99 = open(sys.argv[3]).read().split()
+print(f"\nLatency, commit → accepted by the emulator, at a steady {sys.argv[4]} changes/s (pgbench --rate 5000,")
+print(f"4 clients, single-row inserts), {n} events: **p50 {p50} ms, p99 {p99} ms** (interpolated in the")
+print("streamer's histogram buckets; commit time is Postgres's clock, same machine).")
 PY

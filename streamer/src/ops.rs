@@ -21,8 +21,9 @@ use crate::event::Event;
 use crate::progress::Tracker;
 
 /// Latency buckets, seconds (commit → accepted by the sink).
-const BUCKETS: [f64; 13] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+const BUCKETS: [f64; 22] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// A sink with events in flight and no acceptance for this long is unhealthy.

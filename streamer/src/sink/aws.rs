@@ -342,8 +342,13 @@ async fn worker<D: Destination, L: Destination>(
         }
     };
     loop {
-        // Start batches while slots are free.
-        while tasks.len() < MAX_IN_FLIGHT && !ready.is_empty() {
+        // Start batches while slots are free. A partial batch leaves only when nothing is
+        // in flight (the stream is slow, or drained): under load, batches fill up while
+        // earlier ones are on the wire, so every call carries the most it can.
+        while tasks.len() < MAX_IN_FLIGHT
+            && !ready.is_empty()
+            && (ready.len() >= MAX_ENTRIES || tasks.is_empty() || !open)
+        {
             let max = shared.dest.max_bytes();
             let mut batch = Vec::with_capacity(MAX_ENTRIES);
             let mut bytes = 0;
