@@ -231,7 +231,7 @@ async fn run_with<S: Sink>(
 
 async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     let mut findings = check::check_source(&config).await;
-    findings.extend(check_sink(&config).await);
+    findings.extend(check::check_sink(&config).await);
     let mut failed = false;
     for f in &findings {
         println!("{f}");
@@ -246,43 +246,6 @@ async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
 
 /// The sink part of `streamer check`: the queue/topic (and dead-letter queue)
 /// exist, the credentials work, FIFO-ness matches.
-async fn check_sink(config: &Config) -> Vec<check::Finding> {
-    let finding = |r: Result<String, String>| match r {
-        Ok(message) => check::Finding {
-            level: Level::Ok,
-            message,
-        },
-        Err(message) => check::Finding {
-            level: Level::Fail,
-            message,
-        },
-    };
-    let sink = &config.sink;
-    let mut out = Vec::new();
-    let mut queues: Vec<&str> = Vec::new();
-    if sink.kind == SinkType::Sqs {
-        queues.extend(sink.queue_url.as_deref());
-    }
-    queues.extend(sink.dead_letter_queue_url.as_deref());
-    for url in queues {
-        let r = match SqsQueue::connect(sink, url).await {
-            Ok(q) => q.check().await.map_err(|e| format!("SQS queue {url}: {e}")),
-            Err(e) => Err(e.to_string()),
-        };
-        out.push(finding(r));
-    }
-    if sink.kind == SinkType::Sns {
-        if let Some(arn) = sink.topic_arn.as_deref() {
-            let r = match SnsTopic::connect(sink, arn).await {
-                Ok(t) => t.check().await.map_err(|e| format!("SNS topic {arn}: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            out.push(finding(r));
-        }
-    }
-    out
-}
-
 /// `streamer healthz`: GET /healthz on the configured listener.
 fn healthz(config: Option<&std::path::Path>) -> ExitCode {
     let from_file = config

@@ -738,3 +738,46 @@ async fn throughput_against_a_plain_send_message_batch_loop() {
     eprintln!("streamer → SQS (emulator): {streamer:.0} events/s; plain SendMessageBatch loop: {plain:.0} messages/s");
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn check_reports_the_sink() {
+    let db = TestDb::new("aws_check").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (fifo, _) = create_queue(&sqs, &format!("{}.fifo", unique("chk"))).await;
+    let (standard, _) = create_queue(&sqs, &unique("chk-std")).await;
+    let check = |target: String| {
+        let yaml = format!(
+            "{}{}",
+            db.config_yaml("  tables: [t]\n"),
+            emu.sink_yaml("sqs", &target, "")
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = check(fifo.clone());
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("ok   SQS queue {fifo} reachable (FIFO)")),
+        "{text}"
+    );
+    // A standard queue behind a `.fifo`-looking name cannot exist, but the other way can:
+    // a FIFO queue's URL with the suffix cut off names a queue that does not exist.
+    let (ok, text) = check(fifo.trim_end_matches(".fifo").to_owned());
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL SQS queue"), "{text}");
+    let (ok, text) = check(standard.clone());
+    assert!(ok && text.contains("(standard)"), "{text}");
+    db.drop_db().await;
+}
