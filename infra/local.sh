@@ -1,32 +1,79 @@
 #!/usr/bin/env bash
-# Runs the pipeline locally: a throwaway Postgres (wal_level=logical) with a sample
-# schema → the streamer → events printed as JSON lines. Leaves it running for your own
-# writes (it prints the psql line); Ctrl-C stops everything and removes the cluster.
+# Runs the whole pipeline locally, no AWS account and no Docker:
 #
-# Not yet wired here: the SQS/SNS emulator and the Lambda handlers (issue 6).
+#   throwaway Postgres (wal_level=logical, sample schema)
+#     → streamer (slot walcast_sqs) → SQS FIFO queue → event source mapping → consumer-sqs
+#     → streamer (slot walcast_sns) → SNS topic → subscription             → consumer-sns
+#
+# The queue, topic, functions, mappings and DLQs come from the project's own template.yaml,
+# deployed to MiniStack (a local AWS emulator, PyPI `ministack`) on 127.0.0.1; the functions
+# are this checkout's consumer-sqs and consumer-sns, built for the host (MiniStack runs the
+# provided.al2023 bootstrap as a local process and ignores the template's arm64). Applies
+# sample writes, then shows what the handlers received and logged. Leaves it running for
+# your own writes (it prints the psql line); Ctrl-C stops everything and removes the scratch
+# directory.
+#
+#   infra/local.sh [--path sqs|sns|both]      (default both; one streamer per path)
+#
+# Demo-only deployment settings, printed as notices when applied:
+#   - CreatePublisherUser=false: MiniStack 1.5.33 has no AWS::IAM::AccessKey; the
+#     streamers use MiniStack's test credentials instead of the publisher user.
+#   - RUST_LOG=info,lambda_runtime=trace and AWS_LAMBDA_LOG_FORMAT=JSON on the deployed
+#     functions (UpdateFunctionConfiguration, the template is unchanged): the Lambda
+#     runtime then logs each raw event, which is what "received:" shows. That logs row
+#     values: never do it in production.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+
+path=both
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --path) path="${2:-}"; shift 2 ;;
+    --path=*) path="${1#--path=}"; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "local.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+case "$path" in
+  sqs) delivery=SQS ;; sns) delivery=SNS ;; both) delivery=Both ;;
+  *) echo "local.sh: --path must be sqs, sns or both, not '$path'" >&2; exit 2 ;;
+esac
+
+started=$SECONDS
+echo "installing what is missing (infra/setup.sh)…"
 bash infra/setup.sh >/dev/null
+venv="$(bash infra/template/install-ministack.sh)"
 bin=/usr/lib/postgresql/15/bin
 run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "building the streamer…"
-cargo build -q -p walcast-streamer --bin streamer
+# Debug builds: they share the target directory with `cargo test`, and a debug bootstrap
+# starts in milliseconds here.
+echo "building the streamer and the consumer functions…"
+cargo build -q -p walcast-streamer -p consumer-sqs -p consumer-sns --bins
+build="${CARGO_TARGET_DIR:-$root/target}/debug"
 
 work="$(mktemp -d /tmp/walcast-local.XXXXXX)"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$(free_port)"
+aws_port="$(free_port)"
+endpoint="http://127.0.0.1:$aws_port"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
-streamer_pid=""
+pids=()       # streamers and log followers
+ministack_pid=""
 cleanup() {
   trap - EXIT INT TERM
-  [ -n "$streamer_pid" ] && kill -TERM "$streamer_pid" 2>/dev/null && wait "$streamer_pid" 2>/dev/null || true
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # MiniStack stops the function processes it started when it gets SIGTERM.
+  if [ -n "$ministack_pid" ]; then kill -TERM "$ministack_pid" 2>/dev/null && wait "$ministack_pid" 2>/dev/null || true; fi
   run_pg "$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null 2>&1 || true
   rm -rf "$work"
   echo "stopped; removed $work"
 }
 trap cleanup EXIT INT TERM
 
+# ---------------------------------------------------------------- Postgres
 run_pg "$bin/initdb" -D "$work/data" --no-sync -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
 run_pg "$bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -o \
   "-p $port -k $work -c listen_addresses=127.0.0.1 -c wal_level=logical" start >/dev/null
@@ -37,20 +84,78 @@ CREATE TABLE orders (id bigserial PRIMARY KEY, user_id bigint REFERENCES users, 
 ALTER TABLE orders REPLICA IDENTITY FULL;
 SQL
 
-cat > "$work/streamer.yaml" <<YAML
+# ---------------------------------------------------------------- MiniStack + template.yaml
+mkdir -p "$work/ministack"
+(cd "$work/ministack" && BIND_HOST=127.0.0.1 GATEWAY_PORT=$aws_port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
+  exec "$venv/bin/ministack" >"$work/ministack.log" 2>&1) &
+ministack_pid=$!
+deadline=$((SECONDS + 60))
+until "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('$endpoint/_ministack/health', timeout=2)" 2>/dev/null; do
+  if ((SECONDS > deadline)) || ! kill -0 "$ministack_pid" 2>/dev/null; then
+    tail -20 "$work/ministack.log" >&2
+    echo "local.sh: MiniStack did not start" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+
+echo "notice: deploying template.yaml with CreatePublisherUser=false (MiniStack has no AWS::IAM::AccessKey);"
+echo "notice: the functions get RUST_LOG=info,lambda_runtime=trace so their logs show each raw event (demo only)"
+demo_env=(RUST_LOG=info,lambda_runtime=trace AWS_LAMBDA_LOG_FORMAT=JSON)
+deploy_args=(deploy "$endpoint" walcast-local --param CreatePublisherUser=false --param "DeliveryPath=$delivery"
+  --code "ConsumerSqsFunction=$build/consumer-sqs" --code "ConsumerSnsFunction=$build/consumer-sns")
+for e in "${demo_env[@]}"; do deploy_args+=(--env "ConsumerSqsFunction:$e" --env "ConsumerSnsFunction:$e"); done
+if ! (cd "$work" && AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+  "$venv/bin/python" "$root/infra/template/ministack_local.py" "${deploy_args[@]}" >"$work/stack.json" 2>"$work/deploy.log"); then
+  cat "$work/deploy.log" >&2
+  exit 1
+fi
+output() { python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ''))" "$work/stack.json" "$1"; }
+
+# ---------------------------------------------------------------- streamers
+# One sink per streamer: the SQS and SNS paths each get a streamer with its own slot.
+start_streamer() { # start_streamer sqs|sns
+  local kind=$1
+  cat >"$work/streamer-$kind.yaml" <<YAML
 source:
   url: postgres://postgres@127.0.0.1:$port/postgres
   tables: [public.users, public.orders]
+  slot: walcast_$kind
+  publication: walcast
   name: local-demo
 sink:
-  type: stdout
-  name: local_stdout
+  type: $kind
+  name: local_$kind
 YAML
-./target/debug/streamer check --config "$work/streamer.yaml" || true
-./target/debug/streamer run --config "$work/streamer.yaml" &
-streamer_pid=$!
-sleep 1
+  if [ "$kind" = sqs ]; then target=(WALCAST_SINK_QUEUE_URL="$(output QueueUrl)"); else target=(WALCAST_SINK_TOPIC_ARN="$(output TopicArn)"); fi
+  env "${target[@]}" WALCAST_SINK_ENDPOINT_URL="$endpoint" WALCAST_SINK_REGION=eu-west-1 \
+    WALCAST_SINK_ACCESS_KEY_ID=test WALCAST_SINK_SECRET_ACCESS_KEY=test \
+    "$build/streamer" run --config "$work/streamer-$kind.yaml" >"$work/streamer-$kind.log" 2>&1 &
+  pids+=($!)
+}
+follow_logs() { # follow_logs LOG_GROUP PREFIX
+  "$venv/bin/python" "$root/infra/template/ministack_local.py" logs "$endpoint" "$1" --follow --readable --prefix "$2" &
+  pids+=($!)
+}
+kinds=()
+[ "$delivery" != SNS ] && kinds+=(sqs)
+[ "$delivery" != SQS ] && kinds+=(sns)
+for kind in "${kinds[@]}"; do start_streamer "$kind"; done
+# Wait until each streamer has its slot (it creates slot and publication when missing).
+deadline=$((SECONDS + 30))
+until [ "$("${psql[@]}" -Atc "SELECT count(*) FROM pg_replication_slots WHERE active")" = "${#kinds[@]}" ]; do
+  if ((SECONDS > deadline)); then
+    tail -n 20 "$work"/streamer-*.log >&2
+    echo "local.sh: the streamers did not start streaming" >&2
+    exit 1
+  fi
+  sleep 0.3
+done
+[ "$delivery" != SNS ] && follow_logs "$(output ConsumerSqsFunctionLogGroup)" "consumer-sqs | "
+[ "$delivery" != SQS ] && follow_logs "$(output ConsumerSnsFunctionLogGroup)" "consumer-sns | "
 
+# ---------------------------------------------------------------- sample writes
+echo "applying sample writes: insert, update, a multi-row transaction, delete…"
 "${psql[@]}" <<'SQL'
 INSERT INTO users (name, email) VALUES ('alice', 'alice@example.com');
 UPDATE users SET name = 'alicia' WHERE id = 1;
@@ -61,9 +166,23 @@ UPDATE orders SET status = 'paid' WHERE id = 1;
 COMMIT;
 DELETE FROM orders WHERE id = 1;
 SQL
-
+sleep 3
 echo
-echo "Streaming. Write to the database and watch the events:"
+echo "Up in $((SECONDS - started)) s. Handlers' logs stream above (\"received:\" is each event as delivered)."
+echo "Write to the database and watch them:"
 echo "  psql -h 127.0.0.1 -p $port -U postgres -d postgres"
+echo "  (an order with a negative total is rejected by the example handlers: consumer-sqs retries it,"
+echo "   then the queue moves it to the DLQ after 5 receives, ~15 min with the template's 180 s visibility timeout)"
+echo "AWS endpoint (MiniStack): $endpoint   stack outputs: $work/stack.json"
+echo "streamer logs: $work/streamer-*.log   MiniStack log: $work/ministack.log"
 echo "Ctrl-C to stop."
-wait "$streamer_pid"
+while :; do
+  for pid in "${pids[@]}" "$ministack_pid"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "local.sh: a process of the pipeline exited (pid $pid); see the logs in $work" >&2
+      tail -n 20 "$work"/streamer-*.log >&2
+      exit 1
+    fi
+  done
+  sleep 1
+done

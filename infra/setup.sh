@@ -34,4 +34,5 @@ fi
 for extra in "$here/install-emulator.sh" "$root/consumer-sqs/scripts/install-cargo-lambda.sh"; do
   if [ -f "$extra" ]; then bash "$extra"; fi
 done
+bash "$here/template/install-ministack.sh" >/dev/null # the AWS emulator of infra/local.sh and tests/
 echo "setup: done"

@@ -46,7 +46,7 @@ trap cleanup EXIT
 # Pinned tool versions (bump deliberately; the venvs are rebuilt when these change).
 LINT_REQUIREMENTS=(cfn-lint==1.58.0 aws-sam-translator==1.115.0 checkov==3.3.30)
 SAM_REQUIREMENTS=(aws-sam-cli==1.170.0)
-MINISTACK_REQUIREMENTS=(ministack==1.5.33 aws-sam-translator==1.115.0 boto3==1.43.106)
+# MiniStack's pins are in install-ministack.sh (shared with infra/local.sh and tests/).
 
 # No tool may reach AWS or use a developer's credentials; the region is a fake default.
 export AWS_DEFAULT_REGION=eu-west-1 AWS_REGION=eu-west-1
@@ -236,9 +236,9 @@ if ! make_venv "$SAM_VENV" "${SAM_REQUIREMENTS[@]}"; then
   echo "could not install ${SAM_REQUIREMENTS[*]}; sam validate will be skipped" >&2
 fi
 have_ministack=1
-if ! make_venv "$MINISTACK_VENV" "${MINISTACK_REQUIREMENTS[@]}"; then
+if ! bash "$HERE/install-ministack.sh" >/dev/null; then
   have_ministack=0
-  echo "could not install ${MINISTACK_REQUIREMENTS[*]}; the MiniStack deployment will be skipped" >&2
+  echo "could not install MiniStack (install-ministack.sh); the MiniStack deployment will be skipped" >&2
 fi
 
 # ---------------------------------------------------------------------------- checks

@@ -59,20 +59,27 @@ def clients(endpoint: str) -> dict:
             ("s3", "cloudformation", "sqs", "sns", "lambda", "iam", "ecs", "cloudwatch", "secretsmanager")}
 
 
-def packaged_template(c: dict) -> str:
-    """template.yaml with each function's CodeUri pointing at an uploaded placeholder zip."""
+def packaged_template(c: dict, code: dict[str, bytes] | None = None) -> str:
+    """template.yaml with each function's CodeUri pointing at an uploaded zip.
+
+    `code` maps a function's logical id to its `bootstrap` executable; functions not in
+    it get a placeholder that fails when invoked (what the deployment checks need).
+    """
+    code = code or {}
     template = yaml_parse((REPO / "template.yaml").read_text())
     try:
         c["s3"].create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     except c["s3"].exceptions.BucketAlreadyOwnedByYou:
         pass
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        info = zipfile.ZipInfo("bootstrap")
-        info.external_attr = 0o755 << 16
-        z.writestr(info, "#!/bin/sh\necho 'placeholder: build with sam build' >&2\nexit 1\n")
+    placeholder = b"#!/bin/sh\necho 'placeholder: build with sam build' >&2\nexit 1\n"
     for logical_id, resource in template["Resources"].items():
         if resource["Type"] == "AWS::Serverless::Function":
+            archive = io.BytesIO()
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+                info = zipfile.ZipInfo("bootstrap")
+                info.external_attr = 0o755 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, code.get(logical_id, placeholder))
             key = f"{logical_id}.zip"
             c["s3"].put_object(Bucket=BUCKET, Key=key, Body=archive.getvalue())
             resource["Properties"]["CodeUri"] = f"s3://{BUCKET}/{key}"
