@@ -52,7 +52,9 @@ psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 sqs_port="$(free_port)"
 endpoint="http://127.0.0.1:$sqs_port"
-FAUXQS_PORT=$sqs_port FAUXQS_HOST=localhost FAUXQS_LOGGER=false "$fauxqs" >"$work/fauxqs.log" 2>&1 &
+# fauxqs keeps messages in memory: give Node room, and delete each scenario's queues after it.
+NODE_OPTIONS=--max-old-space-size=8192 FAUXQS_PORT=$sqs_port FAUXQS_HOST=localhost FAUXQS_LOGGER=false \
+  "$fauxqs" >"$work/fauxqs.log" 2>&1 &
 fauxqs_pid=$!
 for _ in $(seq 200); do "$ceiling" --endpoint "$endpoint" create bench-probe >/dev/null 2>&1 && break; sleep 0.1; done
 queue_n=0
@@ -112,16 +114,18 @@ YAML
 
   # The streamer to the emulator (FIFO), then the emulator's ceiling for as many messages
   # of the same average size.
+  local q1 q2; q1="$(new_queue)"; q2="$(new_queue)"
   cat > "$work/sqs.yaml" <<YAML
 source: {url: "postgres://postgres@127.0.0.1:$port/postgres", slot: bench_sqs, publication: bench_p, tables: [bench_t]}
-sink: {type: sqs, queue_url: "$(new_queue)", endpoint_url: "$endpoint", access_key_id: test, secret_access_key: test}
+sink: {type: sqs, queue_url: "$q1", endpoint_url: "$endpoint", access_key_id: test, secret_access_key: test}
 log: {format: json}
 YAML
   /usr/bin/time -f "%M" -o "$work/sqs.rss" "$streamer" run --config "$work/sqs.yaml" --until-lsn "$endpos" \
     >/dev/null 2>"$work/sqs.log"
   local sqs_s; sqs_s="$(elapsed_of "$work/sqs.log")"
   local avg=$(( bytes / (count > 0 ? count : 1) ))
-  local ceil_json; ceil_json="$("$ceiling" --endpoint "$endpoint" send --queue-url "$(new_queue)" --messages "$count" --size "$avg")"
+  local ceil_json; ceil_json="$("$ceiling" --endpoint "$endpoint" send --queue-url "$q2" --messages "$count" --size "$avg")"
+  "$ceiling" --endpoint "$endpoint" delete "$q1"; "$ceiling" --endpoint "$endpoint" delete "$q2"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$count" "$sqs_s" "$(json_field "$ceil_json" seconds)" \
     "$(cat "$work/sqs.rss")" >> "$work/sqs.tsv"
 }
@@ -215,7 +219,8 @@ for name, ev, rs, rrss, ss, srss in rows:
     print(f"| {name} | {ev} | {rs:.2f} | {ss:.2f} | {rs / ss:.2f} | {int(rrss) / 1024:.1f} MiB | {int(srss) / 1024:.1f} MiB |")
 sqs = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 print("\nTo the SQS emulator (fauxqs, a FIFO queue, one message group per row): the streamer, against a plain")
-print("SDK loop of SendMessageBatch (10 per call, 8 calls in flight) sending as many messages of the same size.\n")
+print("SDK loop of SendMessageBatch (10 per call, 8 calls in flight) sending as many messages of the same")
+print("shape (same average body size, the three String attributes, group and dedup ids).\n")
 print("| scenario | events | streamer → SQS s | SDK loop s | streamer / SDK loop | streamer peak RSS |")
 print("|---|---:|---:|---:|---:|---:|")
 for name, ev, ss, cs, rss in sqs:

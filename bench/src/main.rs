@@ -3,13 +3,17 @@
 //!
 //! `create` makes a queue (FIFO when the name ends in `.fifo`) and prints its URL;
 //! `send` pushes N messages of S bytes with `SendMessageBatch` (10 per call, C calls in
-//! flight, one message group per message on FIFO) and prints one JSON line of figures.
+//! flight) shaped like the streamer's (the `action`, `table_schema` and `table_name`
+//! String attributes; on FIFO one message group and dedup id per message) and prints one
+//! JSON line of figures; `delete` removes a queue (the emulator keeps messages in memory).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,6 +31,11 @@ enum Command {
     Create {
         /// Queue name (`.fifo` for FIFO).
         name: String,
+    },
+    /// Delete a queue.
+    Delete {
+        /// Queue URL.
+        queue_url: String,
     },
     /// Send messages and print figures.
     Send {
@@ -69,6 +78,13 @@ async fn main() -> anyhow::Result<()> {
             let out = req.send().await.context("CreateQueue")?;
             println!("{}", out.queue_url().unwrap_or_default());
         }
+        Command::Delete { queue_url } => {
+            sqs.delete_queue()
+                .queue_url(queue_url)
+                .send()
+                .await
+                .context("DeleteQueue")?;
+        }
         Command::Send {
             queue_url,
             messages,
@@ -89,6 +105,19 @@ async fn main() -> anyhow::Result<()> {
                             let mut e = SendMessageBatchRequestEntry::builder()
                                 .id(format!("m{}", i - next))
                                 .message_body(&*body);
+                            for (k, v) in [
+                                ("action", "insert"),
+                                ("table_schema", "public"),
+                                ("table_name", "bench_t"),
+                            ] {
+                                e = e.message_attributes(
+                                    k,
+                                    MessageAttributeValue::builder()
+                                        .data_type("String")
+                                        .string_value(v)
+                                        .build()?,
+                                );
+                            }
                             if fifo {
                                 e = e
                                     .message_group_id(format!("g{i}"))
