@@ -57,8 +57,8 @@ NODE_OPTIONS=--max-old-space-size=8192 FAUXQS_PORT=$sqs_port FAUXQS_HOST=localho
   "$fauxqs" >"$work/fauxqs.log" 2>&1 &
 fauxqs_pid=$!
 for _ in $(seq 200); do "$ceiling" --endpoint "$endpoint" create bench-probe >/dev/null 2>&1 && break; sleep 0.1; done
-queue_n=0
-new_queue() { queue_n=$((queue_n + 1)); "$ceiling" --endpoint "$endpoint" create "bench-$queue_n.fifo"; }
+# A fresh FIFO queue (called in $(…), a subshell: the name must not rely on a counter).
+new_queue() { "$ceiling" --endpoint "$endpoint" create "bench-$(date +%s%N).fifo"; }
 # Seconds from the streamer's start until --until-lsn was reached (from its JSON log).
 elapsed_of() {
   python3 - "$1" <<'PY'
