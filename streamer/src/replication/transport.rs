@@ -138,7 +138,7 @@ pub async fn connect(
         // like a libpq client whose server does not offer TLS. Say sslmode=require to insist.
         SslMode::Disable | SslMode::Prefer => TlsConfig::disabled(),
     };
-    let mut cfg = ReplicationConfig::new(
+    let cfg = ReplicationConfig::new(
         info.host.clone(),
         info.user.clone(),
         info.password.clone(),
@@ -157,9 +157,6 @@ pub async fn connect(
     .with_application_name("walcast")
     // Needed so `feedback_pending_since` reports whether the server has our position.
     .with_feedback_observer(pgwire_replication::FeedbackObserver::new(|_| {}));
-    if info.host.starts_with('/') {
-        cfg.host = info.host.clone();
-    }
     let client = ReplicationClient::connect(cfg)
         .await
         .map_err(|e| classify("connecting for replication", e, slot))?;

@@ -26,8 +26,9 @@
 //! itself (missing, access denied) stop the streamer: dead-lettering every
 //! event would be worse.
 //!
-//! **Bounded.** `send` takes a permit of [`MAX_HELD`]; a permit comes back when
-//! its event is accepted.
+//! **Bounded.** `send` takes [`weight`] permits of [`MAX_HELD_KIB`] (one per KiB of
+//! payload, at least one); they come back when the event is accepted, so the
+//! events held stay under ~8 MiB whatever their size.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -43,7 +44,12 @@ use crate::event::Event;
 use crate::progress::Tracker;
 
 /// Events held by the sink (queued or in flight) before `send` waits.
-pub const MAX_HELD: usize = 10_000;
+pub const MAX_HELD_KIB: usize = 8 * 1024;
+
+/// Permits an event holds while the sink has it: its payload in KiB, at least 1.
+pub fn weight(e: &Event) -> u32 {
+    (e.payload.len() / 1024).clamp(1, MAX_HELD_KIB) as u32
+}
 /// Batches in flight at once.
 pub const MAX_IN_FLIGHT: usize = 8;
 /// Entries per `SendMessageBatch` / `PublishBatch`.
@@ -277,7 +283,7 @@ impl AwsSink {
         dead_letter: Option<L>,
         tracker: Tracker,
     ) -> AwsSink {
-        let permits = Arc::new(Semaphore::new(MAX_HELD));
+        let permits = Arc::new(Semaphore::new(MAX_HELD_KIB));
         let fatal = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -303,7 +309,7 @@ impl AwsSink {
 
 impl Sink for AwsSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
-        match self.permits.acquire().await {
+        match self.permits.acquire_many(weight(&event)).await {
             Ok(p) => p.forget(),
             Err(_) => return Err(self.failed()),
         }
@@ -477,10 +483,12 @@ async fn deliver<D: Destination, L: Destination>(
                     }
                 }
                 let mut accepted = Vec::with_capacity(chunk.len());
+                let mut released = 0usize;
                 for (m, f) in chunk.into_iter().zip(failed) {
                     match f {
                         None => {
                             metrics.delivered(&m.event);
+                            released += weight(&m.event) as usize;
                             accepted.push(m.event.seq)
                         }
                         Some(f) => match classify(
@@ -509,10 +517,9 @@ async fn deliver<D: Destination, L: Destination>(
                         },
                     }
                 }
-                let n = accepted.len();
-                if n > 0 {
+                if !accepted.is_empty() {
                     s.tracker.accept_all(accepted);
-                    s.permits.add_permits(n);
+                    s.permits.add_permits(released);
                 }
                 if retry.is_empty() {
                     attempt = 0;
@@ -642,7 +649,7 @@ async fn reject<D: Destination, L: Destination>(
     }
     s.tracker.metrics().dead_lettered(event);
     s.tracker.accept(event.seq);
-    s.permits.add_permits(1);
+    s.permits.add_permits(weight(event) as usize);
     Ok(())
 }
 
