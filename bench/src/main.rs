@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use aws_sdk_sqs::types::{
-    MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
-};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
