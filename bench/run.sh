@@ -37,7 +37,8 @@ work="$(mktemp -d /tmp/walcast-bench.XXXXXX)"
 port="$(free_port)"
 fauxqs_pid=""
 cleanup() {
-  [ -n "$fauxqs_pid" ] && kill "$fauxqs_pid" 2>/dev/null
+  # Never stop half-way (set -e): an emulator that already died must not leave Postgres running.
+  [ -n "$fauxqs_pid" ] && kill "$fauxqs_pid" 2>/dev/null || true
   run_pg "$bin/pg_ctl" -D "$work/data" stop -m immediate >/dev/null 2>&1 || true
   rm -rf "$work"
 }

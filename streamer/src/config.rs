@@ -295,10 +295,17 @@ impl Config {
             };
             sec.insert(serde_norway::Value::from(*key), v);
         }
-        if let Some(unknown) = env
-            .keys()
-            .find(|k| !ENV_KEYS.iter().any(|e| e.0 == k.as_str()) && *k != "WALCAST_CONFIG")
-        {
+        // A typo in a configuration variable must not pass silently; other WALCAST_*
+        // variables (WALCAST_CONFIG, the tooling's WALCAST_TOOLS, …) are not ours to judge.
+        const SECTIONS: [&str; 4] = [
+            "WALCAST_SOURCE_",
+            "WALCAST_SINK_",
+            "WALCAST_HTTP_",
+            "WALCAST_LOG_",
+        ];
+        if let Some(unknown) = env.keys().find(|k| {
+            SECTIONS.iter().any(|p| k.starts_with(p)) && !ENV_KEYS.iter().any(|e| e.0 == k.as_str())
+        }) {
             return Err(ConfigError::Parse(format!(
                 "unknown environment variable {unknown} (known: {})",
                 env_keys().collect::<Vec<_>>().join(", ")
@@ -626,10 +633,16 @@ mod tests {
         );
         let e = Config::load(
             Some("source: {url: 'postgres://u@h/d'}"),
-            env(&[("WALCAST_SORCE_URL", "x")]),
+            env(&[("WALCAST_SOURCE_SLOTT", "x")]),
         )
         .expect_err("typo");
-        assert!(e.to_string().contains("WALCAST_SORCE_URL"));
+        assert!(e.to_string().contains("WALCAST_SOURCE_SLOTT"));
+        // Variables outside the configuration's sections are not the streamer's business.
+        Config::load(
+            Some("source: {url: 'postgres://u@h/d'}"),
+            env(&[("WALCAST_TOOLS", "/opt/tools"), ("WALCAST_PG_BIN", "/x")]),
+        )
+        .expect("other WALCAST_* variables are ignored");
     }
 
     #[test]
