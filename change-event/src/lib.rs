@@ -1,7 +1,7 @@
 //! The walcast change event: the contract between the streamer and every consumer.
 //!
 //! One JSON object per row change, compatible with Sequin's message shape
-//! (see `shared/spec/change-event.md`). The streamer writes it; the Lambda
+//! (see `docs/change-event.md`). The streamer writes it; the Lambda
 //! handler templates read it, typed by table:
 //!
 //! ```

@@ -7,7 +7,7 @@ compacted byte for byte (no re-encoding, so numeric digits and key order stay
 exact); the orders events are written here in the same shape. Message
 attributes (action, table_schema, table_name), FIFO group ids
 ("<schema>.<table>:<pk>") and deduplication ids follow
-shared/spec/change-event.md.
+docs/change-event.md.
 
 Run from the repository root: python3 consumer-sqs/scripts/make-events.py
 """

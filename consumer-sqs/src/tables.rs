@@ -4,7 +4,7 @@
 //! [`TableEvent::decode`] to route to it. Tables without a line arrive as
 //! [`TableEvent::Other`] with the record kept as JSON.
 //!
-//! Column types follow `shared/spec/change-event.md`: integers are numbers,
+//! Column types follow `docs/change-event.md`: integers are numbers,
 //! `numeric` keeps every digit (use [`serde_json::Number`], or a decimal crate
 //! with its serde feature), timestamps are RFC 3339 strings, `json`/`jsonb`
 //! are embedded JSON. Columns you leave out are ignored, so adding a column to
