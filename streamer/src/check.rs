@@ -103,29 +103,8 @@ async fn check_with(
         }
     }
 
-    let role = db
-        .query_one(
-            "SELECT r.rolname::text, r.rolsuper, r.rolreplication, \
-                    coalesce(pg_has_role(r.oid, 'rds_replication', 'MEMBER'), false) \
-             FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await;
-    let role = match role {
-        Ok(r) => r,
-        // rds_replication does not exist outside RDS.
-        Err(_) => db
-            .query_one(
-                "SELECT r.rolname::text, r.rolsuper, r.rolreplication, false \
-                 FROM pg_roles r WHERE r.rolname = current_user",
-                &[],
-            )
-            .await
-            .map_err(q)?,
-    };
-    let user: String = role.get(0);
-    let (sup, repl, rds): (bool, bool, bool) = (role.get(1), role.get(2), role.get(3));
-    if sup || repl || rds {
+    let (user, may_replicate) = catalog.replication_role().await?;
+    if may_replicate {
         push(out, Level::Ok, format!("user {user} may replicate"));
     } else {
         push(out, Level::Fail, format!(
@@ -133,45 +112,73 @@ async fn check_with(
             quote_ident(&user), quote_ident(&user)
         ));
     }
+    let version = catalog.server_version().await?;
+    push(
+        out,
+        Level::Ok,
+        format!(
+            "Postgres {}.{}: pgoutput protocol 1{}",
+            version / 10000,
+            version % 10000,
+            if version >= 180000 {
+                ", generated columns published"
+            } else {
+                "; generated columns cannot be streamed before Postgres 18"
+            }
+        ),
+    );
 
     let publication = &config.source.publication;
-    let pubrow = db
-        .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-            &[publication],
-        )
-        .await
-        .map_err(q)?;
-    let published: Vec<(String, String)> = match pubrow {
+    let configured = config.tables();
+    let tables = match catalog.publication(publication).await? {
         None => {
+            let list = if configured.is_empty() {
+                catalog.user_tables().await?
+            } else {
+                configured.clone()
+            };
             push(out, Level::Warn, format!(
-                "publication {publication} does not exist: `streamer run` creates it (needs ownership of the tables, or superuser for all tables)"
+                "publication {publication} does not exist: `streamer run` creates it FOR TABLE with {} table(s){} \
+                 WITH (publish_via_partition_root = true); tables without a replica identity are refused",
+                list.len(),
+                if configured.is_empty() { " (every table: source.tables is empty; tables created later are not added)" } else { "" }
             ));
-            config.tables()
+            catalog.table_info(&list).await?
         }
-        Some(_) => {
-            let rows = db
-                .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[publication])
-                .await
-                .map_err(q)?;
-            let have: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Some(p) => {
             push(
                 out,
                 Level::Ok,
                 format!(
                     "publication {publication} exists with {} table(s)",
-                    have.len()
+                    p.tables.len()
                 ),
             );
-            for t in config.tables() {
-                if !have.contains(&t) {
+            if p.all_tables {
+                push(out, Level::Warn, format!(
+                    "publication {publication} is FOR ALL TABLES: a table created later without a primary key or \
+                     replica identity will refuse UPDATE and DELETE; create a publication FOR TABLE … and point \
+                     source.publication at it"
+                ));
+            }
+            let mut list = p.tables.clone();
+            for t in &configured {
+                if !p.all_tables && !p.tables.contains(t) {
                     push(out, Level::Warn, format!(
                         "{}.{} is configured but not in publication {publication}: `streamer run` adds it (ALTER PUBLICATION … ADD TABLE)",
                         t.0, t.1
                     ));
+                    list.push(t.clone());
                 }
             }
-            have
+            let infos = catalog.table_info(&list).await?;
+            if !p.via_root && infos.iter().any(|t| t.root.is_some()) {
+                push(out, Level::Ok, format!(
+                    "publication {publication} publishes partitions (publish_via_partition_root is off): \
+                     events are named after each partition's root table all the same"
+                ));
+            }
+            infos
         }
     };
 
@@ -217,10 +224,33 @@ async fn check_with(
         }
     }
 
-    for (schema, table) in &published {
+    for info in &tables {
+        let name = info.qualified();
+        if let Some(problem) = info.identity_problem() {
+            push(out, Level::Fail, problem);
+            continue;
+        }
+        if info.kind == b'p' {
+            push(
+                out,
+                Level::Ok,
+                format!(
+                    "{name} is partitioned ({} partition(s)): its events are named {name}",
+                    info.partitions
+                ),
+            );
+        }
+        if let Some(root) = &info.root {
+            push(
+                out,
+                Level::Ok,
+                format!("{name} is a partition of {root}: its events are named {root}"),
+            );
+        }
+        let (schema, table) = (&info.schema, &info.name);
         let row = db
-            .query_opt(
-                "SELECT c.oid, c.relreplident::text, \
+            .query_one(
+                "SELECT c.relreplident::text, \
                         EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
                         EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
                                 AND NOT a.attisdropped AND a.attstorage IN ('x', 'e')), \
@@ -231,17 +261,9 @@ async fn check_with(
             )
             .await
             .map_err(q)?;
-        let name = format!("{schema}.{table}");
-        let Some(r) = row else {
-            push(
-                out,
-                Level::Fail,
-                format!("table {name} does not exist: fix source.tables"),
-            );
-            continue;
-        };
-        let ident: String = r.get(1);
-        let (has_pk, toastable, can_select): (bool, bool, bool) = (r.get(2), r.get(3), r.get(4));
+        let ident: String = row.get(0);
+        let (has_pk, toastable, can_select): (bool, bool, bool) =
+            (row.get(1), row.get(2), row.get(3));
         let full = format!(
             "ALTER TABLE {}.{} REPLICA IDENTITY FULL",
             quote_ident(schema),
@@ -252,18 +274,13 @@ async fn check_with(
                 out,
                 Level::Fail,
                 format!(
-                    "no SELECT on {name}: GRANT SELECT ON {} TO the streamer's user",
-                    name
+                    "no SELECT on {name}: GRANT SELECT ON {}.{} TO the streamer's user",
+                    quote_ident(schema),
+                    quote_ident(table)
                 ),
             );
         }
         match (ident.as_str(), has_pk) {
-            ("n", _) => push(out, Level::Fail, format!(
-                "{name} has REPLICA IDENTITY NOTHING: Postgres refuses its UPDATEs and DELETEs while published; {full}"
-            )),
-            ("d", false) => push(out, Level::Fail, format!(
-                "{name} has no primary key: its UPDATEs and DELETEs fail while published, and events have no record_pks; add a primary key, or {full}"
-            )),
             ("f", false) => push(out, Level::Warn, format!(
                 "{name} has no primary key: events have empty record_pks and one FIFO message group; add a primary key"
             )),
@@ -271,8 +288,12 @@ async fn check_with(
             (_, _) if toastable => push(out, Level::Warn, format!(
                 "{name} has TOAST-able columns without REPLICA IDENTITY FULL: unchanged large values arrive as \"unchanged_toast\" and updates carry no old values (changes = {{}}); {full}"
             )),
+            ("i", _) => push(out, Level::Ok, format!("{name}: REPLICA IDENTITY USING INDEX (its columns are the key; no old values in `changes` without FULL)")),
             _ => push(out, Level::Ok, format!("{name}: primary key (no old values in `changes` without REPLICA IDENTITY FULL)")),
         }
+    }
+    for warning in catalog.stream_warnings(publication, &tables).await? {
+        push(out, Level::Warn, warning);
     }
     if let Ok(Some((lsn, active))) = catalog.slot_position(slot).await {
         tracing::debug!(confirmed = %format_lsn(lsn), active, "slot position");

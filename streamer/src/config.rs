@@ -158,6 +158,13 @@ pub struct SinkConfig {
     /// FIFO message group columns per table (`schema.table: [col, …]`); default: the primary key.
     #[serde(default)]
     pub group_columns: BTreeMap<String, Vec<String>>,
+    /// On shutdown, how long to wait for the sink to deliver what it holds (seconds).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
+}
+
+fn default_drain_timeout() -> u64 {
+    60
 }
 
 impl Default for SinkConfig {
@@ -175,6 +182,7 @@ impl Default for SinkConfig {
             secret_access_key: None,
             dead_letter_queue_url: None,
             group_columns: BTreeMap::new(),
+            drain_timeout_secs: default_drain_timeout(),
         }
     }
 }
@@ -243,6 +251,12 @@ const ENV_KEYS: &[(&str, &str, &str, bool)] = &[
         "dead_letter_queue_url",
         false,
     ),
+    (
+        "WALCAST_SINK_DRAIN_TIMEOUT_SECS",
+        "sink",
+        "drain_timeout_secs",
+        false,
+    ),
     ("WALCAST_HTTP_LISTEN", "http", "listen", false),
     ("WALCAST_LOG_FORMAT", "log", "format", false),
     ("WALCAST_LOG_LEVEL", "log", "level", false),
@@ -290,6 +304,8 @@ impl Config {
                         .map(serde_norway::Value::from)
                         .collect(),
                 )
+            } else if let (true, Ok(n)) = (key.ends_with("_secs"), value.trim().parse::<u64>()) {
+                serde_norway::Value::from(n)
             } else {
                 serde_norway::Value::from(value.as_str())
             };
@@ -310,6 +326,16 @@ impl Config {
                 "unknown environment variable {unknown} (known: {})",
                 env_keys().collect::<Vec<_>>().join(", ")
             )));
+        }
+        let has_url = root
+            .get("source")
+            .and_then(|s| s.get("url"))
+            .is_some_and(|u| !u.is_null());
+        if !has_url {
+            return Err(field(
+                "source.url",
+                "not set: pass --config FILE (YAML with source.url) or set WALCAST_SOURCE_URL",
+            ));
         }
         let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let path = e.path().to_string();
@@ -467,6 +493,19 @@ pub struct Postgres {
     pub tls: Tls,
 }
 
+impl Postgres {
+    /// `host:port` (or the socket directory and port), for messages.
+    pub fn endpoint(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+}
+
 /// Parses `source.url` (URL or `key=value` form). `sslmode` and `sslrootcert` are taken
 /// out and handled here: tokio-postgres knows neither `verify-ca` nor `verify-full`.
 pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
@@ -619,6 +658,12 @@ mod tests {
                 .to_string()
         };
         assert!(err("sink: {}").contains("source"));
+        // Nothing at all: say how to give it.
+        let none = Config::load(None, Vec::new()).expect_err("no config");
+        assert_eq!(
+            none.to_string(),
+            "invalid config: source.url: not set: pass --config FILE (YAML with source.url) or set WALCAST_SOURCE_URL"
+        );
         assert!(err("source: {url: 'nope nope'}").contains("source.url"));
         assert!(err("source: {url: 'postgres://u@h/d', slot: 'Bad-Slot'}").contains("source.slot"));
         assert!(

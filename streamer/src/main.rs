@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
+    let config_format = config.log.format;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,8 +91,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "streamer stopped");
-            eprintln!("error: {e:#}");
+            // Once: a JSON log line for log collectors, else a plain line.
+            match config_format {
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "streamer stopped"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -101,8 +105,10 @@ fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(config.log.level.as_deref().unwrap_or("info"))
     });
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -159,7 +165,7 @@ async fn run(
     }
     match config.sink.kind {
         SinkType::Stdout => {
-            let sink = StdoutSink::new(tracker.clone());
+            let sink = StdoutSink::new(tracker.clone())?;
             run_with(config, sink, tracker, until, started).await
         }
         SinkType::Sqs | SinkType::Sns => {
@@ -222,10 +228,9 @@ async fn run_with<S: Sink>(
             _ = reached => {}
         }
     };
-    Pipeline::new(config, connector, sink, tracker)
-        .run(shutdown)
-        .await
-        .context("streaming stopped")?;
+    let mut pipeline = Pipeline::new(Arc::clone(&config), connector, sink, tracker);
+    pipeline.drain_timeout = std::time::Duration::from_secs(config.sink.drain_timeout_secs);
+    pipeline.run(shutdown).await.context("streaming stopped")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::event::{EventBuilder, RowChange, Table, Transaction};
 use crate::progress::Tracker;
-use crate::replication::catalog::{format_lsn, Catalog, SlotState};
+use crate::replication::catalog::{format_lsn, Catalog, RelationInfo, SlotState};
 use crate::replication::pgoutput::{self, PgOutput};
 use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
 use crate::replication::ReplicationError;
@@ -76,9 +76,15 @@ impl Connector for PgConnector {
 /// Returns the slot's state (where streaming resumes).
 pub async fn setup(config: &Config) -> Result<SlotState, ReplicationError> {
     let catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    catalog.preflight().await?;
+    let publication = &config.source.publication;
     catalog
-        .ensure_publication(&config.source.publication, &config.tables())
+        .ensure_publication(publication, &config.tables())
         .await?;
+    let tables = catalog.published(publication).await?;
+    for warning in catalog.stream_warnings(publication, &tables).await? {
+        tracing::warn!("{warning}");
+    }
     catalog.ensure_slot(&config.source.slot).await
 }
 
@@ -104,6 +110,29 @@ enum SessionEnd {
     Shutdown,
 }
 
+/// What one replication session knows.
+#[derive(Default)]
+struct Session {
+    /// Tables by relation OID, as the stream last described them.
+    relations: HashMap<u32, Arc<Table>>,
+    /// The open transaction.
+    tx: Option<Transaction>,
+    /// Events went to the sink since its last flush.
+    unflushed: bool,
+}
+
+/// Awaits `work` unless `shutdown` resolves first (then `None`).
+async fn unless<T>(
+    shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = shutdown.as_mut() => None,
+        r = work => Some(r),
+    }
+}
+
 impl<S: Sink, C: Connector> Pipeline<S, C> {
     /// A pipeline. `tracker` is the one the sink reports to, started at the slot's confirmed LSN.
     pub fn new(config: Arc<Config>, connector: C, sink: S, tracker: Tracker) -> Self {
@@ -119,6 +148,9 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     }
 
     /// Runs until `shutdown` resolves (then drains and confirms) or a definite error.
+    ///
+    /// Nothing the pipeline waits on (the stream, a full sink, a blocked
+    /// stdout) keeps it from seeing `shutdown`: every wait races it.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
@@ -138,13 +170,20 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     let delay = backoff(failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                     // Deliver what the sink holds before the slot sends it again.
-                    self.sink.flush().await?;
-                    tokio::select! {
-                        _ = &mut shutdown => {
+                    let waited = unless(&mut shutdown, async {
+                        self.sink.flush().await?;
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, PipelineError>(())
+                    })
+                    .await;
+                    match waited {
+                        Some(r) => r?,
+                        None => {
                             self.drain().await;
-                            return Ok(Stopped { confirmed: self.tracker.confirmable() });
+                            return Ok(Stopped {
+                                confirmed: self.tracker.confirmable(),
+                            });
                         }
-                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
                 Err(e) => {
@@ -159,14 +198,54 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         }
     }
 
+    /// Delivers what the sink holds, waiting at most `drain_timeout`; whether all was accepted.
     async fn drain(&mut self) -> bool {
-        if let Err(e) = self.sink.flush().await {
-            tracing::error!(error = %e, "sink failed while draining");
-            return false;
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            self.sink.flush().await?;
+            self.tracker.drained().await;
+            Ok::<_, SinkError>(())
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "sink failed while draining");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_s = self.drain_timeout.as_secs(),
+                    "drain timed out: the events not yet accepted are not confirmed, and are sent again at the next start"
+                );
+                false
+            }
         }
-        tokio::time::timeout(self.drain_timeout, self.tracker.drained())
-            .await
-            .is_ok()
+    }
+
+    /// Ends a session on shutdown: drain, confirm, close.
+    async fn stop(
+        &mut self,
+        stream: C::Stream,
+        catalog: &Catalog,
+    ) -> Result<SessionEnd, PipelineError> {
+        let mut stream = stream;
+        let drained = self.drain().await;
+        let slot = &self.config.source.slot;
+        let lsn = self.tracker.confirmable();
+        stream.confirm(lsn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stream.confirm_pending() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stream.close().await;
+        // If the last status update did not make it, move the slot ourselves.
+        if let Ok(Some((at, false))) = catalog.slot_position(slot).await {
+            if at < lsn {
+                let _ = catalog.advance_slot(slot, lsn).await;
+            }
+        }
+        tracing::info!(confirmed = %format_lsn(lsn), drained, "stopped");
+        Ok(SessionEnd::Shutdown)
     }
 
     async fn session(
@@ -175,149 +254,182 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     ) -> Result<SessionEnd, PipelineError> {
         let slot = self.config.source.slot.clone();
         let mut catalog = Catalog::connect(&self.config.postgres(), &slot).await?;
+        // Postgres starts at the higher of this and the slot's confirmed_flush_lsn: after
+        // a server restart the slot may be behind what we confirmed (it is saved at
+        // checkpoints), and what we confirmed must not be sent again.
         let mut stream = self.connector.connect(self.tracker.confirmable()).await?;
         let metrics = std::sync::Arc::clone(self.tracker.metrics());
         metrics.set_connected(true);
         self.tracker.reset_transaction();
         tracing::info!(slot = %slot, confirmed = %format_lsn(self.tracker.confirmable()), "streaming");
-        let mut relations: HashMap<u32, Arc<Table>> = HashMap::new();
-        let mut tx: Option<Transaction> = None;
+        let mut state = Session::default();
         let mut confirm_rx = self.tracker.subscribe();
-        let mut unflushed = false;
 
         loop {
             // Take what is ready; when nothing is, flush the sink before waiting.
             let msg = match tokio::time::timeout(Duration::ZERO, stream.recv()).await {
                 Ok(msg) => msg,
                 Err(_) => {
-                    if unflushed {
-                        self.sink.flush().await?;
-                        unflushed = false;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.as_mut() => {
-                            let drained = self.drain().await;
-                            let lsn = self.tracker.confirmable();
-                            stream.confirm(lsn);
-                            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                            while stream.confirm_pending() && tokio::time::Instant::now() < deadline {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            stream.close().await;
-                            // If the last status update did not make it, move the slot ourselves.
-                            if let Ok(Some((at, false))) = catalog.slot_position(&slot).await {
-                                if at < lsn {
-                                    let _ = catalog.advance_slot(&slot, lsn).await;
-                                }
-                            }
-                            tracing::info!(confirmed = %format_lsn(lsn), drained, "stopped");
-                            return Ok(SessionEnd::Shutdown);
+                    if state.unflushed {
+                        match unless(shutdown, self.sink.flush()).await {
+                            Some(r) => r?,
+                            None => return self.stop(stream, &catalog).await,
                         }
+                        state.unflushed = false;
+                    }
+                    let waited = tokio::select! {
+                        biased;
+                        _ = shutdown.as_mut() => None,
                         _ = confirm_rx.changed() => {
                             stream.confirm(*confirm_rx.borrow_and_update());
                             continue;
                         }
                         // A sink that fails while the stream is quiet must still stop the run.
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                            self.sink.flush().await?;
+                            state.unflushed = true;
                             continue;
                         }
-                        msg = stream.recv() => msg,
+                        msg = stream.recv() => Some(msg),
+                    };
+                    match waited {
+                        Some(msg) => msg,
+                        None => return self.stop(stream, &catalog).await,
                     }
                 }
             };
-            match msg? {
-                WalMessage::Begin {
-                    final_lsn,
-                    commit_time,
-                } => {
-                    self.tracker.begin();
-                    tx = Some(Transaction::begin(final_lsn, commit_time));
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) => return Err(self.explain(e, &state, &catalog).await.into()),
+            };
+            match unless(shutdown, self.handle(msg, &mut state, &mut catalog)).await {
+                Some(r) => r?,
+                None => return self.stop(stream, &catalog).await,
+            }
+        }
+    }
+
+    /// Adds what only the catalog can tell to a replication error.
+    async fn explain(
+        &self,
+        e: ReplicationError,
+        state: &Session,
+        catalog: &Catalog,
+    ) -> ReplicationError {
+        match &e {
+            ReplicationError::Definite(m) if m.contains("SQLSTATE 22021") => {
+                let at = state.tx.as_ref().map(|t| t.commit_lsn);
+                catalog
+                    .explain_encoding_error(
+                        &self.config.source.slot,
+                        &self.config.source.publication,
+                        at,
+                    )
+                    .await
+                    .unwrap_or(e)
+            }
+            _ => e,
+        }
+    }
+
+    /// One message of the stream.
+    async fn handle(
+        &mut self,
+        msg: WalMessage,
+        state: &mut Session,
+        catalog: &mut Catalog,
+    ) -> Result<(), PipelineError> {
+        match msg {
+            WalMessage::Begin {
+                final_lsn,
+                commit_time,
+            } => {
+                self.tracker.begin();
+                state.tx = Some(Transaction::begin(final_lsn, commit_time));
+            }
+            WalMessage::Commit { end_lsn } => {
+                state.tx = None;
+                self.tracker.commit(end_lsn);
+            }
+            WalMessage::KeepAlive { wal_end } => {
+                if state.tx.is_none() && !state.unflushed {
+                    self.tracker.idle(wal_end);
                 }
-                WalMessage::Commit { end_lsn } => {
-                    tx = None;
-                    self.tracker.commit(end_lsn);
+            }
+            WalMessage::Message {
+                transactional,
+                prefix,
+                content,
+            } => {
+                if let (true, Some(tx)) = (transactional, state.tx.as_mut()) {
+                    annotate(tx, &prefix, &content);
                 }
-                WalMessage::KeepAlive { wal_end } => {
-                    if tx.is_none() && !unflushed {
-                        self.tracker.idle(wal_end);
-                    }
-                }
-                WalMessage::Message {
-                    transactional,
-                    prefix,
-                    content,
-                } => {
-                    if let (true, Some(tx)) = (transactional, tx.as_mut()) {
-                        annotate(tx, &prefix, &content);
-                    }
-                }
-                WalMessage::Data(data) => {
-                    let decoded = pgoutput::decode(&data).map_err(|e| {
-                        ReplicationError::Definite(format!("{e} (please report this as a bug)"))
-                    })?;
-                    match decoded {
-                        PgOutput::Relation {
-                            id,
-                            namespace,
+            }
+            WalMessage::Data(data) => {
+                let decoded = pgoutput::decode(&data).map_err(|e| {
+                    ReplicationError::Definite(format!("{e} (please report this as a bug)"))
+                })?;
+                let change = match &decoded {
+                    PgOutput::Relation {
+                        id,
+                        namespace,
+                        name,
+                        replica_identity,
+                        columns,
+                    } => {
+                        let relation = RelationInfo {
+                            schema: namespace,
                             name,
+                            replica_identity: *replica_identity,
                             columns,
-                            ..
-                        } => {
-                            let group = self.config.group_columns(namespace, name);
-                            let table = catalog.table(id, namespace, name, &columns, group).await?;
-                            tracing::debug!(table = %table.qualified, columns = table.columns.len(), "relation");
-                            relations.insert(id, Arc::new(table));
-                        }
-                        PgOutput::Insert { relation, new } => {
-                            self.emit(&relations, tx.as_mut(), relation, RowChange::Insert(&new))
-                                .await?;
-                            unflushed = true;
-                        }
-                        PgOutput::Update { relation, old, new } => {
-                            self.emit(
-                                &relations,
-                                tx.as_mut(),
-                                relation,
-                                RowChange::Update(old.as_ref(), &new),
-                            )
+                        };
+                        let config = &self.config;
+                        let table = catalog
+                            .table(*id, relation, |s, t| config.group_columns(s, t))
                             .await?;
-                            unflushed = true;
-                        }
-                        PgOutput::Delete { relation, old } => {
-                            self.emit(&relations, tx.as_mut(), relation, RowChange::Delete(&old))
-                                .await?;
-                            unflushed = true;
-                        }
-                        PgOutput::Truncate {
-                            relations: rels, ..
-                        } => {
-                            let names: Vec<&str> = rels
-                                .iter()
-                                .filter_map(|r| relations.get(r).map(|t| t.qualified.as_str()))
-                                .collect();
-                            tracing::warn!(tables = ?names, "TRUNCATE is not streamed as events: consumers keep the rows they had");
-                            metrics.truncate();
-                        }
-                        PgOutput::Message {
-                            transactional,
-                            prefix,
-                            content,
-                            ..
-                        } => {
-                            if let (true, Some(tx)) = (transactional, tx.as_mut()) {
-                                annotate(tx, prefix, content);
-                            }
-                        }
-                        PgOutput::Begin { .. }
-                        | PgOutput::Commit { .. }
-                        | PgOutput::Origin { .. }
-                        | PgOutput::Type { .. } => {}
+                        tracing::debug!(table = %table.qualified, columns = table.columns.len(), "relation");
+                        state.relations.insert(*id, Arc::new(table));
+                        None
                     }
+                    PgOutput::Insert { relation, new } => Some((*relation, RowChange::Insert(new))),
+                    PgOutput::Update { relation, old, new } => {
+                        Some((*relation, RowChange::Update(old.as_ref(), new)))
+                    }
+                    PgOutput::Delete { relation, old } => Some((*relation, RowChange::Delete(old))),
+                    PgOutput::Truncate {
+                        relations: rels, ..
+                    } => {
+                        let names: Vec<&str> = rels
+                            .iter()
+                            .filter_map(|r| state.relations.get(r).map(|t| t.qualified.as_str()))
+                            .collect();
+                        tracing::warn!(tables = ?names, "TRUNCATE is not streamed as events: consumers keep the rows they had");
+                        self.tracker.metrics().truncate();
+                        None
+                    }
+                    PgOutput::Message {
+                        transactional,
+                        prefix,
+                        content,
+                        ..
+                    } => {
+                        if let (true, Some(tx)) = (*transactional, state.tx.as_mut()) {
+                            annotate(tx, prefix, content);
+                        }
+                        None
+                    }
+                    PgOutput::Begin { .. }
+                    | PgOutput::Commit { .. }
+                    | PgOutput::Origin { .. }
+                    | PgOutput::Type { .. } => None,
+                };
+                if let Some((relation, change)) = change {
+                    self.emit(&state.relations, state.tx.as_mut(), relation, change)
+                        .await?;
+                    state.unflushed = true;
                 }
             }
         }
+        Ok(())
     }
 
     async fn emit(

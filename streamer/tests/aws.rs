@@ -779,5 +779,69 @@ async fn check_reports_the_sink() {
     assert!(text.contains("FAIL SQS queue"), "{text}");
     let (ok, text) = check(standard.clone());
     assert!(ok && text.contains("(standard)"), "{text}");
+    // An endpoint nothing listens on: one line with the OS error, no debug dump.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let yaml = format!(
+        "{}sink:\n  type: sqs\n  queue_url: {standard}\n  endpoint_url: http://127.0.0.1:{closed}\n  access_key_id: test\n  secret_access_key: test\n",
+        db.config_yaml("  tables: [t]\n"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL SQS queue"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("cannot reach the endpoint") && line.contains("Connection refused"),
+        "{line}"
+    );
+    assert!(line.len() < 300 && !line.contains('{'), "{line}");
+    db.drop_db().await;
+}
+
+/// Characters SQS refuses (U+FFFE, U+FFFF; valid in Postgres text and identifiers)
+/// are escaped: the body decodes to the same string, the attributes carry `\uXXXX`,
+/// and the FIFO group id is hashed. The emulator refuses them raw, as AWS does.
+#[tokio::test]
+async fn characters_sqs_refuses_are_escaped() {
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (url, _) = create_queue(&sqs, &format!("{}.fifo", unique("chars"))).await;
+    let db = TestDb::new("aws_chars").await;
+    db.exec("CREATE TABLE U&\"odd\\FFFF\" (id text PRIMARY KEY, v text, j jsonb)")
+        .await;
+    let run = AwsRun::start(
+        &db,
+        &format!(
+            "  tables: [\"public.odd\\uFFFF\"]\n{}",
+            emu.sink_yaml("sqs", &url, "")
+        ),
+    )
+    .await;
+    db.exec(
+        "INSERT INTO U&\"odd\\FFFF\" VALUES (U&'k\\FFFE', U&'a\\FFFF b', jsonb_build_object('x', U&'\\FFFF'))",
+    )
+    .await;
+    let got = receive(&sqs, &url, 1).await;
+    let e = got[0].event();
+    assert_eq!(e.metadata.table_name, "odd\u{FFFF}");
+    assert_eq!(e.record["v"], Value::from("a\u{FFFF} b"));
+    assert_eq!(e.record["j"]["x"], Value::from("\u{FFFF}"));
+    assert_eq!(e.metadata.record_pks, ["k\u{FFFE}"]);
+    assert_eq!(
+        got[0].attributes.get("table_name").map(String::as_str),
+        Some("odd\\uffff")
+    );
+    run.stop().await;
     db.drop_db().await;
 }

@@ -223,7 +223,8 @@ async fn check_diagnoses_a_misconfigured_database() {
     assert!(!out.status.success(), "a FAIL exits non-zero:\n{text}");
     assert!(text.contains("ok   wal_level is logical"), "{text}");
     assert!(
-        text.contains("FAIL public.nopk has no primary key"),
+        text.contains("FAIL public.nopk has no replica identity")
+            && text.contains("ALTER TABLE public.nopk REPLICA IDENTITY FULL"),
         "{text}"
     );
     assert!(
@@ -269,6 +270,8 @@ async fn check_diagnoses_a_misconfigured_database() {
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr).expect("connect to the ops listener");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
     write!(
         c,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -341,4 +344,105 @@ async fn healthz_and_metrics() {
     assert!(s.wait_exit().await.success());
     assert!(!healthz(&addr), "a stopped streamer is not healthy");
     db.drop_db().await;
+}
+
+/// A reader that stops reading (a full pipe) blocks only the stdout writer: the
+/// operations listener answers, and SIGTERM ends the process within the drain
+/// timeout. Start-up warns about what the stream cannot carry, without colour codes.
+#[tokio::test]
+async fn blocked_stdout_neither_hangs_healthz_nor_shutdown() {
+    let db = TestDb::new("bin_blocked").await;
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n int GENERATED ALWAYS AS (id * 2) STORED)",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = write_config(
+        &db,
+        dir.path(),
+        &format!("  tables: [t]\nsink:\n  drain_timeout_secs: 2\nhttp:\n  listen: {addr}\n"),
+    );
+    let err = dir.path().join("err.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&err).expect("err")))
+        .spawn()
+        .expect("spawn streamer");
+    // Held, never read: once the pipe is full, every write blocks.
+    let _unread = child.stdout.take();
+    eventually(WAIT, || async { healthz(&addr) }).await;
+    db.exec("INSERT INTO t (id, v) SELECT i, repeat('x', 100) FROM generate_series(1, 100000) i")
+        .await;
+    let received = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "walcast_events_received_total{table=\"public.t\",action=\"insert\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    eventually(WAIT, || async {
+        received(&http_get(&addr, "/metrics")) > 300
+    })
+    .await;
+    // Stuck on the pipe now (the count no longer moves), yet the listener answers.
+    let stuck_at = received(&http_get(&addr, "/metrics"));
+    assert!(stuck_at < 100_000, "the pipe cannot hold 100k events");
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1"));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not end the process within the drain timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&err).expect("stderr");
+    assert!(
+        log.contains("generated columns n are not streamed"),
+        "{log}"
+    );
+    assert!(log.contains("drain timed out"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI colour codes when stderr is a file: {log}"
+    );
+    db.drop_db().await;
+}
+
+/// No configuration at all: one line that says how to give one, exit code 2.
+#[tokio::test]
+async fn no_configuration_says_how_to_give_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .arg("run")
+        .env_remove("WALCAST_SOURCE_URL")
+        .env_remove("WALCAST_CONFIG")
+        .output()
+        .expect("run streamer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--config") && err.contains("WALCAST_SOURCE_URL"),
+        "{err}"
+    );
 }

@@ -17,6 +17,7 @@ use walcast_streamer::sink::MemorySink;
 
 mod aws;
 mod binary;
+mod faults;
 mod streaming;
 mod types;
 

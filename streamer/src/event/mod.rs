@@ -1,5 +1,5 @@
 //! Change events: a decoded row change plus its table and transaction,
-//! written as the JSON of `shared/spec/change-event.md`.
+//! written as the JSON of `docs/change-event.md`.
 //!
 //! The JSON is written straight into one `String` per event; the parts that
 //! never change (the source and sink metadata) are rendered once at start-up
@@ -246,14 +246,13 @@ impl EventBuilder {
                 });
             }
         }
-        let full_old = match old {
-            Some(OldTuple::Full(t)) => Some(t),
-            _ => None,
-        };
-        // Unchanged TOAST values are filled from the old row when the stream carried it.
+        // Unchanged TOAST values are filled from the old image when the stream carried
+        // one: the whole row (FULL), or the key (Postgres sends the old key when a key
+        // column is stored out of line, so key columns are always known).
+        let old_tuple = old.map(OldTuple::tuple);
         let value_at = |i: usize| -> Datum<'_> {
-            match (record[i], full_old) {
-                (Datum::UnchangedToast, Some(o)) => o[i],
+            match (record[i], old_tuple) {
+                (Datum::UnchangedToast, Some(o)) if o[i] != Datum::UnchangedToast => o[i],
                 (d, _) => d,
             }
         };
@@ -310,14 +309,12 @@ impl EventBuilder {
             if n > 0 {
                 out.push(',');
             }
-            match value_at(i) {
-                Datum::Text(t) => write_str(&mut out, &String::from_utf8_lossy(t)),
-                _ => out.push_str("null"),
-            }
+            write_key(&mut out, table, &table.columns[i], value_at(i))?;
         }
         out.push_str("],\"transaction_annotations\":");
         out.push_str(tx.annotations.as_deref().unwrap_or("null"));
         out.push_str(&self.suffix);
+        escape_refused(&mut out);
 
         Ok(Event {
             seq: 0,
@@ -362,6 +359,47 @@ fn write_datum(
         }
     }
     Ok(())
+}
+
+/// Appends one `record_pks` element: the JSON string of the column's value as
+/// `record` has it (a string's content as is, a number's digits, `true`/`false`).
+fn write_key(
+    out: &mut String,
+    table: &Table,
+    col: &Column,
+    datum: Datum<'_>,
+) -> Result<(), EventError> {
+    match datum {
+        Datum::Text(_) => {
+            let start = out.len();
+            write_datum(out, table, col, datum)?;
+            if !out[start..].starts_with('"') {
+                // Numbers and booleans hold no character that needs escaping; JSON
+                // objects (a json key) are written as their text.
+                let json = out.split_off(start);
+                write_str(out, &json);
+            }
+        }
+        // Key columns are never NULL, and Postgres sends them even when stored out of line.
+        Datum::Null => out.push_str("\"\""),
+        Datum::UnchangedToast => out.push_str(UNCHANGED_TOAST),
+        Datum::Binary(_) => write_datum(out, table, col, datum)?,
+    }
+    Ok(())
+}
+
+/// SQS and SNS refuse characters outside XML 1.0's range. Of those, a JSON
+/// text can hold only U+FFFE and U+FFFF raw (control characters are already
+/// escaped, surrogates cannot occur in a `str`); both can appear only inside
+/// JSON strings, where `\ufffe` and `\uffff` decode to the same characters.
+pub fn escape_refused(json: &mut String) {
+    // Both are EF BF BE / EF BF BF in UTF-8; most events have no 0xEF byte at all.
+    if !json.as_bytes().contains(&0xEF) || !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return;
+    }
+    *json = json
+        .replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff");
 }
 
 /// `schema.table:v1:v2…` over the group columns; its SHA-256 hex when over
@@ -472,6 +510,85 @@ mod tests {
         assert_eq!(ev.record["bio"], json!("long"));
         assert_eq!(json!(ev.changes), json!({"name": "alice"}));
         assert_eq!(ev.metadata.commit_idx, 1);
+    }
+
+    #[test]
+    fn toasted_key_is_filled_from_the_old_key() {
+        // REPLICA IDENTITY DEFAULT, key stored out of line: Postgres sends the old key.
+        let urls = Arc::new(Table::new(
+            3,
+            "public".into(),
+            "urls".into(),
+            vec![
+                Column::new("url".into(), TypeKind::Text, true),
+                Column::new("hits".into(), TypeKind::Integer, false),
+            ],
+            vec![0],
+            vec![],
+        ));
+        let mut tx = Transaction::begin(1, 0);
+        let old = OldTuple::Key(vec![Datum::Text(b"https://x"), Datum::Null]);
+        let new = vec![Datum::UnchangedToast, Datum::Text(b"2")];
+        let e = builder()
+            .build(&mut tx, &urls, RowChange::Update(Some(&old), &new))
+            .expect("event");
+        let ev = parse(&e);
+        assert_eq!(ev.record, json!({"url": "https://x", "hits": 2}));
+        assert_eq!(ev.changes, Some(serde_json::Map::new()));
+        assert_eq!(ev.metadata.record_pks, ["https://x"]);
+        assert_eq!(e.group_id, "public.urls:https://x");
+    }
+
+    #[test]
+    fn record_pks_hold_the_record_values_as_strings() {
+        let t = Arc::new(Table::new(
+            4,
+            "public".into(),
+            "k".into(),
+            vec![
+                Column::new("flag".into(), TypeKind::Bool, true),
+                Column::new("at".into(), TypeKind::Timestamp, true),
+                Column::new("n".into(), TypeKind::Decimal, true),
+                Column::new("s".into(), TypeKind::Text, true),
+            ],
+            vec![0, 1, 2, 3],
+            vec![],
+        ));
+        let mut tx = Transaction::begin(1, 0);
+        let new = vec![
+            Datum::Text(b"t"),
+            Datum::Text(b"2024-03-21 15:30:00"),
+            Datum::Text(b"1.50"),
+            Datum::Text(b"a\"b"),
+        ];
+        let ev = parse(
+            &builder()
+                .build(&mut tx, &t, RowChange::Insert(&new))
+                .expect("event"),
+        );
+        assert_eq!(
+            ev.metadata.record_pks,
+            ["true", "2024-03-21T15:30:00.000000", "1.50", "a\"b"]
+        );
+    }
+
+    #[test]
+    fn characters_aws_refuses_are_escaped() {
+        let mut tx = Transaction::begin(1, 0);
+        let new = vec![
+            Datum::Text(b"1"),
+            Datum::Text("a\u{FFFF}b\u{FFFE}".as_bytes()),
+            Datum::Null,
+        ];
+        let e = builder()
+            .build(&mut tx, &users(), RowChange::Insert(&new))
+            .expect("event");
+        assert!(!e.payload.contains(['\u{FFFE}', '\u{FFFF}']));
+        assert!(e.payload.contains(r#""name":"a\uffffb\ufffe""#));
+        assert_eq!(parse(&e).record["name"], json!("a\u{FFFF}b\u{FFFE}"));
+        let mut plain = String::from(r#"{"a":"ünï €"}"#);
+        escape_refused(&mut plain);
+        assert_eq!(plain, r#"{"a":"ünï €"}"#);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum TypeKind {
     Decimal,
     /// `json`, `jsonb`: embedded as JSON.
     Json,
+    /// `date`: ISO 8601, astronomical year numbering for BC dates.
+    Date,
     /// `timestamp`: ISO 8601 with `T`, six fractional digits, no offset.
     Timestamp,
     /// `timestamptz`: ISO 8601 UTC with `T`, six fractional digits, `Z`.
@@ -42,13 +44,14 @@ impl TypeKind {
             20 | 21 | 23 | 26 => TypeKind::Integer,
             700 | 701 | 1700 => TypeKind::Decimal,
             114 | 3802 => TypeKind::Json,
+            1082 => TypeKind::Date,
             1114 => TypeKind::Timestamp,
             1184 => TypeKind::TimestampTz,
             1186 => TypeKind::Interval,
-            // bytea, char, name, text, bpchar, varchar, date, time, timetz, uuid, inet, cidr,
+            // bytea, char, name, text, bpchar, varchar, time, timetz, uuid, inet, cidr,
             // macaddr, money, bit, varbit, xml, point, tsvector: their text output as a string.
-            17 | 18 | 19 | 25 | 1042 | 1043 | 1082 | 1083 | 1266 | 2950 | 869 | 650 | 829 | 790
-            | 1560 | 1562 | 142 | 600 | 3614 => TypeKind::Text,
+            17 | 18 | 19 | 25 | 1042 | 1043 | 1083 | 1266 | 2950 | 869 | 650 | 829 | 790 | 1560
+            | 1562 | 142 | 600 | 3614 => TypeKind::Text,
             _ => return None,
         })
     }
@@ -155,6 +158,7 @@ pub fn write_value(out: &mut String, kind: &TypeKind, text: &str) -> Result<(), 
         },
         // Postgres only outputs valid JSON for these types.
         TypeKind::Json => out.push_str(text),
+        TypeKind::Date => write_date(out, text)?,
         TypeKind::Timestamp => write_timestamp(out, text, false)?,
         TypeKind::TimestampTz => write_timestamp(out, text, true)?,
         TypeKind::Interval => write_interval(out, text)?,
@@ -176,14 +180,69 @@ pub fn write_value(out: &mut String, kind: &TypeKind, text: &str) -> Result<(), 
     Ok(())
 }
 
-/// `2024-03-21 15:30:00.12747[+00]` → `"2024-03-21T15:30:00.127470[Z]"`.
-fn write_timestamp(out: &mut String, text: &str, tz: bool) -> Result<(), ValueError> {
-    let err = ValueError { kind: "timestamp" };
-    if text == "infinity" || text == "-infinity" || text.ends_with(" BC") {
-        // BC dates have no ISO 8601 form everyone agrees on: keep Postgres's text.
+/// Writes the date part `YYYY-MM-DD` (four or more year digits) in ISO 8601
+/// with astronomical year numbering: 1 BC is year `0000`, 44 BC is `-0043`.
+fn push_iso_date(out: &mut String, date: &str, bc: bool) -> Result<(), ValueError> {
+    let err = || ValueError { kind: "date" };
+    let (year, month_day) = date.split_once('-').ok_or_else(err)?;
+    if year.len() < 4
+        || !year.bytes().all(|b| b.is_ascii_digit())
+        || month_day.len() != 5
+        || !month_day.bytes().enumerate().all(|(i, b)| {
+            if i == 2 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+    {
+        return Err(err());
+    }
+    if bc {
+        // Postgres has no year 0: n BC is astronomical year 1 - n.
+        let n: u64 = year.parse().map_err(|_| err())?;
+        let astronomical = n.checked_sub(1).ok_or_else(err)?;
+        if astronomical == 0 {
+            out.push_str("0000");
+        } else {
+            let _ = write!(out, "-{astronomical:04}");
+        }
+    } else {
+        out.push_str(year);
+    }
+    out.push('-');
+    out.push_str(month_day);
+    Ok(())
+}
+
+/// `2024-03-21` → `"2024-03-21"`, `0044-03-15 BC` → `"-0043-03-15"`.
+fn write_date(out: &mut String, text: &str) -> Result<(), ValueError> {
+    if text == "infinity" || text == "-infinity" {
         write_str(out, text);
         return Ok(());
     }
+    let (date, bc) = match text.strip_suffix(" BC") {
+        Some(d) => (d, true),
+        None => (text, false),
+    };
+    out.push('"');
+    push_iso_date(out, date, bc)?;
+    out.push('"');
+    Ok(())
+}
+
+/// `2024-03-21 15:30:00.12747[+00][ BC]` → `"2024-03-21T15:30:00.127470[Z]"`
+/// (BC years in astronomical numbering, as [`write_date`]).
+fn write_timestamp(out: &mut String, text: &str, tz: bool) -> Result<(), ValueError> {
+    let err = ValueError { kind: "timestamp" };
+    if text == "infinity" || text == "-infinity" {
+        write_str(out, text);
+        return Ok(());
+    }
+    let (text, bc) = match text.strip_suffix(" BC") {
+        Some(t) => (t, true),
+        None => (text, false),
+    };
     let (date, time) = text.split_once(' ').ok_or(err)?;
     if time.len() < 8 || !time.is_char_boundary(8) {
         return Err(ValueError { kind: "timestamp" });
@@ -200,7 +259,7 @@ fn write_timestamp(out: &mut String, text: &str, tz: bool) -> Result<(), ValueEr
         return Err(ValueError { kind: "timestamp" });
     }
     out.push('"');
-    out.push_str(date);
+    push_iso_date(out, date, bc)?;
     out.push('T');
     out.push_str(hms);
     out.push('.');
@@ -225,6 +284,11 @@ fn write_timestamp(out: &mut String, text: &str, tz: bool) -> Result<(), ValueEr
 /// `P-1Y-2M`, `PT0S` → `{"months":14,"days":3,"microseconds":14706500000}`.
 fn write_interval(out: &mut String, text: &str) -> Result<(), ValueError> {
     let err = || ValueError { kind: "interval" };
+    // Postgres 17 and later have infinite intervals.
+    if text == "infinity" || text == "-infinity" {
+        write_str(out, text);
+        return Ok(());
+    }
     let body = text.strip_prefix('P').ok_or_else(err)?;
     let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
     let mut in_time = false;
@@ -429,6 +493,42 @@ mod tests {
         );
         assert_eq!(json(&tz, "infinity"), "\"infinity\"");
         assert_eq!(json(&ts, "-infinity"), "\"-infinity\"");
+        // BC: astronomical year numbering (1 BC is year 0); long years keep their digits.
+        assert_eq!(
+            json(&ts, "0044-03-15 12:00:00 BC"),
+            "\"-0043-03-15T12:00:00.000000\""
+        );
+        assert_eq!(
+            json(&tz, "0044-03-15 12:00:00.5+00 BC"),
+            "\"-0043-03-15T12:00:00.500000Z\""
+        );
+        assert_eq!(
+            json(&ts, "0001-01-01 00:00:00 BC"),
+            "\"0000-01-01T00:00:00.000000\""
+        );
+        assert_eq!(
+            json(&ts, "10000-01-01 00:00:00"),
+            "\"10000-01-01T00:00:00.000000\""
+        );
+        assert!(write_value(&mut String::new(), &ts, "0000-01-01 00:00:00 BC").is_err());
+    }
+
+    #[test]
+    fn dates() {
+        let d = TypeKind::Date;
+        assert_eq!(json(&d, "2024-03-21"), "\"2024-03-21\"");
+        assert_eq!(json(&d, "0044-03-15 BC"), "\"-0043-03-15\"");
+        assert_eq!(json(&d, "0001-12-31 BC"), "\"0000-12-31\"");
+        assert_eq!(json(&d, "4714-11-24 BC"), "\"-4713-11-24\"");
+        assert_eq!(json(&d, "10000-01-01"), "\"10000-01-01\"");
+        assert_eq!(json(&d, "infinity"), "\"infinity\"");
+        assert_eq!(json(&d, "-infinity"), "\"-infinity\"");
+        let dates = TypeKind::Array(Box::new(TypeKind::Date), b',');
+        assert_eq!(
+            json(&dates, "{2024-03-21,\"0044-03-15 BC\",NULL}"),
+            r#"["2024-03-21","-0043-03-15",null]"#
+        );
+        assert!(write_value(&mut String::new(), &d, "21/03/2024").is_err());
     }
 
     #[test]
@@ -437,6 +537,7 @@ mod tests {
             json(&TypeKind::Interval, "P1Y2M3DT4H5M6.5S"),
             r#"{"months":14,"days":3,"microseconds":14706500000}"#
         );
+        assert_eq!(json(&TypeKind::Interval, "-infinity"), "\"-infinity\"");
         assert_eq!(
             json(&TypeKind::Interval, "PT0S"),
             r#"{"months":0,"days":0,"microseconds":0}"#

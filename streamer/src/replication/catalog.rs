@@ -20,6 +20,110 @@ pub struct Catalog {
     types: HashMap<u32, TypeKind>,
 }
 
+/// A publication as `pg_publication` describes it.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// `FOR ALL TABLES`.
+    pub all_tables: bool,
+    /// `publish_via_partition_root`.
+    pub via_root: bool,
+    /// The published tables (for partitioned tables: the root when `via_root`, else the partitions).
+    pub tables: Vec<(String, String)>,
+}
+
+/// A table, as far as publishing it is concerned.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// `pg_class.relkind`: `r` table, `p` partitioned table, others are not publishable.
+    pub kind: u8,
+    /// Not temporary or unlogged (those cannot be published).
+    pub permanent: bool,
+    /// The table itself or its leaf partitions (`schema.name`, quoted) that have no
+    /// usable replica identity: Postgres refuses their UPDATEs and DELETEs once published.
+    pub without_identity: Vec<String>,
+    /// Stored generated columns (pgoutput sends them from Postgres 18 on, when asked).
+    pub generated: Vec<String>,
+    /// Leaf partitions, for a partitioned table.
+    pub partitions: i64,
+    /// For a partition: the root of its tree (`schema.name`, quoted as needed).
+    pub root: Option<String>,
+}
+
+impl TableInfo {
+    /// `schema.name`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Why this table cannot be published without breaking writes or failing, if so:
+    /// one sentence, with the fix.
+    pub fn identity_problem(&self) -> Option<String> {
+        let name = self.qualified();
+        if !self.exists {
+            return Some(format!("table {name} does not exist: fix source.tables"));
+        }
+        if !matches!(self.kind, b'r' | b'p') || !self.permanent {
+            return Some(format!(
+                "{name} is not a permanent table (views, temporary and unlogged tables cannot be published): leave it out of source.tables"
+            ));
+        }
+        if self.without_identity.is_empty() {
+            return None;
+        }
+        let which = if self.kind == b'p' {
+            format!("{name} (partitions {})", self.without_identity.join(", "))
+        } else {
+            name.clone()
+        };
+        let target = self.without_identity[0].clone();
+        Some(format!(
+            "{which} has no replica identity (no primary key, and not REPLICA IDENTITY FULL or USING INDEX): \
+             once published, Postgres refuses the application's UPDATE and DELETE on it. \
+             Fix: add a primary key, or ALTER TABLE {target} REPLICA IDENTITY FULL \
+             (or REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>), or leave it out of source.tables"
+        ))
+    }
+}
+
+/// Refuses to publish tables that would break the application's writes.
+fn refuse_unpublishable(
+    publication: &str,
+    infos: &[TableInfo],
+    default_list: bool,
+) -> Result<(), ReplicationError> {
+    let problems: Vec<String> = infos
+        .iter()
+        .filter_map(TableInfo::identity_problem)
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let hint = if default_list {
+        " (source.tables is empty, so every table would be published: list the tables to stream in source.tables)"
+    } else {
+        ""
+    };
+    Err(ReplicationError::Definite(format!(
+        "not publishing in {publication}{hint}: {}",
+        problems.join("; ")
+    )))
+}
+
+/// Where a value that is not UTF-8 was found.
+#[derive(Debug, Clone)]
+struct NonUtf8 {
+    table: String,
+    column: String,
+    commit_lsn: u64,
+    end_lsn: u64,
+}
+
 /// The slot's state, as Postgres reports it.
 #[derive(Debug, Clone)]
 pub struct SlotState {
@@ -50,7 +154,7 @@ impl Catalog {
     pub async fn connect(pg: &Postgres, slot: &str) -> Result<Catalog, ReplicationError> {
         let mut config = pg.config.clone();
         config.application_name("walcast-catalog");
-        let context = "connecting to Postgres";
+        let context = &format!("connecting to Postgres at {}", pg.endpoint());
         let client = match tls::client_config(&pg.tls)? {
             None => {
                 let (client, conn) = config
@@ -85,74 +189,454 @@ impl Catalog {
         from_sql(context, &e, &self.slot)
     }
 
-    /// Creates the publication when missing; adds configured tables it lacks.
+    /// `server_version_num`, e.g. 150012.
+    pub async fn server_version(&self) -> Result<u32, ReplicationError> {
+        let v: String = self
+            .client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .await
+            .map_err(|e| self.err("reading server_version_num", e))?
+            .get(0);
+        Ok(v.parse().unwrap_or(0))
+    }
+
+    /// The publication as it is now, if it exists.
+    pub async fn publication(&self, name: &str) -> Result<Option<Publication>, ReplicationError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_publication", e))?;
+        let Some(row) = row else { return Ok(None) };
+        let tables = self
+            .client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_publication_tables", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(Some(Publication {
+            all_tables: row.get(0),
+            via_root: row.get(1),
+            tables,
+        }))
+    }
+
+    /// The tables a publication made without `source.tables` lists: every
+    /// permanent table (partitioned tables by their root) outside the system
+    /// schemas that is not part of an extension.
+    pub async fn user_tables(&self) -> Result<Vec<(String, String)>, ReplicationError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p' \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                                   AND d.objid = c.oid AND d.deptype = 'e') \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err("listing tables", e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// What each table is, and why publishing it would break the application's
+    /// writes, if it would (see [`TableInfo::identity_problem`]).
+    pub async fn table_info(
+        &self,
+        tables: &[(String, String)],
+    ) -> Result<Vec<TableInfo>, ReplicationError> {
+        let schemas: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+        let names: Vec<&str> = tables.iter().map(|t| t.1.as_str()).collect();
+        // A leaf is the table itself, or each leaf partition of a partitioned table: the
+        // relation an UPDATE or DELETE changes, whose replica identity Postgres checks.
+        let rows = self
+            .client
+            .query(
+                "SELECT t.schema, t.name, c.oid IS NOT NULL, coalesce(c.relkind::text, ''), \
+                   coalesce(c.relpersistence = 'p', false), \
+                   coalesce((SELECT array_agg(format('%I.%I', ln.nspname, l.relname) ORDER BY l.relname) \
+                     FROM pg_class l JOIN pg_namespace ln ON ln.oid = l.relnamespace \
+                     WHERE l.oid IN (SELECT c.oid WHERE c.relkind <> 'p' \
+                                     UNION SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf) \
+                       AND NOT (l.relreplident = 'f' \
+                         OR (l.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = l.oid AND i.indisprimary)) \
+                         OR (l.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = l.oid AND i.indisreplident)))), \
+                     '{}'), \
+                   coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '{}'), \
+                   coalesce((SELECT count(*) FROM pg_partition_tree(c.oid) WHERE isleaf AND c.relkind = 'p'), 0), \
+                   CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::regclass::text END \
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(schema, name, ord) \
+                 LEFT JOIN pg_namespace n ON n.nspname = t.schema \
+                 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.name \
+                 ORDER BY t.ord",
+                &[&schemas, &names],
+            )
+            .await
+            .map_err(|e| self.err("reading the tables' replica identities", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| TableInfo {
+                schema: r.get(0),
+                name: r.get(1),
+                exists: r.get(2),
+                kind: r.get::<_, String>(3).bytes().next().unwrap_or(b' '),
+                permanent: r.get(4),
+                without_identity: r.get(5),
+                generated: r.get(6),
+                partitions: r.get(7),
+                root: r.get(8),
+            })
+            .collect())
+    }
+
+    /// The tables of a publication, described.
+    pub async fn published(&self, publication: &str) -> Result<Vec<TableInfo>, ReplicationError> {
+        match self.publication(publication).await? {
+            Some(p) => self.table_info(&p.tables).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// What stops streaming before anything is created: `wal_level`, and the
+    /// user's right to replicate. Checked first, so a failing `run` leaves no
+    /// publication or slot behind.
+    pub async fn preflight(&self) -> Result<(), ReplicationError> {
+        let wal_level: String = self
+            .client
+            .query_one("SELECT current_setting('wal_level')", &[])
+            .await
+            .map_err(|e| self.err("reading wal_level", e))?
+            .get(0);
+        if wal_level != "logical" {
+            return Err(ReplicationError::Definite(format!(
+                "wal_level is {wal_level}: set wal_level = logical (RDS/Aurora: rds.logical_replication = 1 \
+                 in the parameter group) and restart Postgres"
+            )));
+        }
+        let (user, may) = self.replication_role().await?;
+        if !may {
+            return Err(ReplicationError::Definite(format!(
+                "user {user} may not replicate: ALTER ROLE {} WITH REPLICATION (RDS: GRANT rds_replication TO {})",
+                quote_ident(&user),
+                quote_ident(&user)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The current user, and whether it may open a replication connection
+    /// (superuser, REPLICATION, or RDS's `rds_replication`).
+    pub async fn replication_role(&self) -> Result<(String, bool), ReplicationError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT r.rolname::text, r.rolsuper OR r.rolreplication OR \
+                   EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication' \
+                           AND pg_has_role(r.oid, g.oid, 'MEMBER')) \
+                 FROM pg_roles r WHERE r.rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err("reading the user's attributes", e))?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// What the stream will not carry, or carry differently, for these tables:
+    /// one warning each, with the reason and the fix.
+    pub async fn stream_warnings(
+        &self,
+        publication: &str,
+        tables: &[TableInfo],
+    ) -> Result<Vec<String>, ReplicationError> {
+        let version = self.server_version().await?;
+        let mut out = Vec::new();
+        if self.server_encoding().await? == "SQL_ASCII" {
+            out.push(
+                "the database's encoding is SQL_ASCII: a text value that is not valid UTF-8 stops the \
+                 stream (the stop names its table, column and LSN); move the database to UTF8 encoding"
+                    .to_owned(),
+            );
+        }
+        let gencols = if version >= 180000 {
+            self.client
+                .query_opt(
+                    "SELECT pubgencols::text FROM pg_publication WHERE pubname = $1",
+                    &[&publication],
+                )
+                .await
+                .map_err(|e| self.err("reading pg_publication", e))?
+                .map(|r| r.get::<_, String>(0) == "s")
+                .unwrap_or(true)
+        } else {
+            false
+        };
+        for t in tables.iter().filter(|t| !t.generated.is_empty()) {
+            let cols = t.generated.join(", ");
+            if version < 180000 {
+                out.push(format!(
+                    "{}: generated columns {cols} are not streamed: Postgres {} cannot send them \
+                     (Postgres 18 can); compute them in the consumer",
+                    t.qualified(),
+                    version / 10000
+                ));
+            } else if !gencols {
+                out.push(format!(
+                    "{}: generated columns {cols} are not streamed: ALTER PUBLICATION {} SET \
+                     (publish_generated_columns = stored)",
+                    t.qualified(),
+                    quote_ident(publication)
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the publication when missing (for `tables`, or for every user
+    /// table when `tables` is empty); adds configured tables it lacks.
+    ///
+    /// It never publishes a table whose UPDATEs and DELETEs Postgres would then
+    /// refuse (no primary key, no replica identity index, not FULL): that
+    /// would break the application's writes. It refuses instead, naming the
+    /// tables and the fix. `FOR ALL TABLES` is never created, for the same
+    /// reason: it would publish tables created later, whatever their identity.
     pub async fn ensure_publication(
         &self,
         name: &str,
         tables: &[(String, String)],
     ) -> Result<(), ReplicationError> {
-        let row = self
-            .client
-            .query_opt(
-                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-                &[&name],
-            )
-            .await
-            .map_err(|e| self.err("reading pg_publication", e))?;
-        let list = tables
+        let existing = self.publication(name).await?;
+        let (to_add, create) = match &existing {
+            None if tables.is_empty() => (self.user_tables().await?, true),
+            None => (tables.to_vec(), true),
+            Some(p) if p.all_tables || tables.is_empty() => (Vec::new(), false),
+            Some(p) => (
+                tables
+                    .iter()
+                    .filter(|t| !p.tables.contains(t))
+                    .cloned()
+                    .collect(),
+                false,
+            ),
+        };
+        let infos = self.table_info(&to_add).await?;
+        refuse_unpublishable(name, &infos, tables.is_empty())?;
+        let list = to_add
             .iter()
             .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
             .collect::<Vec<_>>()
             .join(", ");
-        match row {
-            None => {
-                let sql = if tables.is_empty() {
-                    format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name))
+        if create {
+            let mut options = vec!["publish_via_partition_root = true"];
+            if self.server_version().await? >= 180000 {
+                options.push("publish_generated_columns = stored");
+            }
+            let sql = format!(
+                "CREATE PUBLICATION {}{} WITH ({})",
+                quote_ident(name),
+                if list.is_empty() {
+                    String::new()
                 } else {
-                    format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(name))
-                };
-                self.client.batch_execute(&sql).await.map_err(|e| {
-                    definite_with(
-                        self.err("creating the publication", e),
-                        "Create it as a user that owns the tables (FOR ALL TABLES needs a superuser), \
-                         or create it yourself: CREATE PUBLICATION … FOR TABLE ….",
-                    )
-                })?;
-                tracing::info!(publication = name, "created publication");
+                    format!(" FOR TABLE {list}")
+                },
+                options.join(", ")
+            );
+            self.client.batch_execute(&sql).await.map_err(|e| {
+                denied_with(
+                    "creating the publication",
+                    &e,
+                    &self.slot,
+                    "The streamer's user must own the tables, or create the publication yourself \
+                     (CREATE PUBLICATION … FOR TABLE … WITH (publish_via_partition_root = true)).",
+                )
+            })?;
+            if to_add.is_empty() {
+                tracing::warn!(publication = name, "created publication with no tables: there is no table to stream yet; list tables in source.tables");
+            } else {
+                tracing::info!(
+                    publication = name,
+                    tables = to_add.len(),
+                    "created publication"
+                );
             }
-            Some(row) => {
-                let all: bool = row.get(0);
-                if all || tables.is_empty() {
-                    return Ok(());
-                }
-                let published = self
-                    .client
-                    .query(
-                        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
-                        &[&name],
-                    )
-                    .await
-                    .map_err(|e| self.err("reading pg_publication_tables", e))?;
-                let have: Vec<(String, String)> =
-                    published.iter().map(|r| (r.get(0), r.get(1))).collect();
-                for (s, t) in tables {
-                    if !have.iter().any(|(hs, ht)| hs == s && ht == t) {
-                        let sql = format!(
-                            "ALTER PUBLICATION {} ADD TABLE {}.{}",
-                            quote_ident(name),
-                            quote_ident(s),
-                            quote_ident(t)
-                        );
-                        self.client
-                            .batch_execute(&sql)
-                            .await
-                            .map_err(|e| self.err("adding a table to the publication", e))?;
-                        tracing::info!(publication = name, table = %format!("{s}.{t}"), "added table to publication");
-                    }
-                }
-            }
+        } else if !list.is_empty() {
+            let sql = format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(name));
+            self.client.batch_execute(&sql).await.map_err(|e| {
+                denied_with(
+                    "adding tables to the publication",
+                    &e,
+                    &self.slot,
+                    "The streamer's user must own the tables, or add them yourself (ALTER PUBLICATION … ADD TABLE …).",
+                )
+            })?;
+            tracing::info!(publication = name, tables = %list, "added tables to publication");
         }
         Ok(())
+    }
+
+    /// `server_encoding`, e.g. `UTF8` or `SQL_ASCII`.
+    pub async fn server_encoding(&self) -> Result<String, ReplicationError> {
+        Ok(self
+            .client
+            .query_one("SELECT current_setting('server_encoding')", &[])
+            .await
+            .map_err(|e| self.err("reading server_encoding", e))?
+            .get(0))
+    }
+
+    /// Explains a stream that stopped with "invalid byte sequence for encoding
+    /// UTF8": in a SQL_ASCII database a text value can hold any bytes, and the
+    /// walsender cannot convert them to the UTF-8 the protocol asks for. Peeks
+    /// the slot's changes (up to the failing transaction, `upto`) in a session
+    /// whose `client_encoding` is SQL_ASCII too, so nothing is converted,
+    /// decodes them and names the table, the column and the LSN (never the value).
+    /// `None` when the database is not SQL_ASCII (the error speaks for itself).
+    ///
+    /// This leaves the connection's `client_encoding` at SQL_ASCII: call it only
+    /// when the session ends.
+    pub async fn explain_encoding_error(
+        &self,
+        slot: &str,
+        publication: &str,
+        upto: Option<u64>,
+    ) -> Option<ReplicationError> {
+        if self.server_encoding().await.ok()? != "SQL_ASCII" {
+            return None;
+        }
+        let found = self.find_non_utf8(slot, publication, upto).await;
+        let fix = "The database's encoding is SQL_ASCII, which stores any bytes, and logical \
+                   replication sends text as UTF-8. Correct the value in the table, then skip \
+                   the transaction with";
+        Some(ReplicationError::Definite(match found {
+            Ok(Some(at)) => format!(
+                "a text value is not UTF-8: table {}, column {}, in the transaction committed at LSN {}. \
+                 {fix} SELECT pg_replication_slot_advance('{slot}', '{}') (its changes are then not \
+                 streamed: backfill the table) and restart; for good, move the database to UTF8 encoding",
+                at.table,
+                at.column,
+                format_lsn(at.commit_lsn),
+                format_lsn(at.end_lsn)
+            ),
+            Ok(None) => format!(
+                "a text value is not UTF-8 (SQLSTATE 22021){}. {fix} \
+                 pg_replication_slot_advance('{slot}', <the LSN after it>) and restart; for good, \
+                 move the database to UTF8 encoding",
+                upto.map(|l| format!(" in the transaction committed at LSN {}", format_lsn(l)))
+                    .unwrap_or_default()
+            ),
+            Err(e) => format!(
+                "a text value is not UTF-8 (SQLSTATE 22021){}; finding it failed ({e}). {fix} \
+                 pg_replication_slot_advance('{slot}', <the LSN after it>) and restart",
+                upto.map(|l| format!(" in the transaction committed at LSN {}", format_lsn(l)))
+                    .unwrap_or_default()
+            ),
+        }))
+    }
+
+    async fn find_non_utf8(
+        &self,
+        slot: &str,
+        publication: &str,
+        upto: Option<u64>,
+    ) -> Result<Option<NonUtf8>, ReplicationError> {
+        use crate::replication::pgoutput::{decode, Datum, PgOutput};
+        // The walsender that failed releases the slot as it exits.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some((_, true)) = self.slot_position(slot).await? {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ReplicationError::Transient(
+                    "the slot is still in use".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.client
+            .batch_execute("SET client_encoding TO 'SQL_ASCII'")
+            .await
+            .map_err(|e| self.err("setting client_encoding", e))?;
+        let upto = upto.map(|l| format_lsn(l + 1));
+        let rows = self
+            .client
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, NULL, \
+                 'proto_version', '1', 'publication_names', $3)",
+                &[&slot, &upto, &publication],
+            )
+            .await
+            .map_err(|e| self.err("peeking the slot", e))?;
+        let mut tables: HashMap<u32, (String, Vec<String>)> = HashMap::new();
+        let mut found: Option<NonUtf8> = None;
+        let mut commit_lsn = 0;
+        for row in &rows {
+            let data: &[u8] = row.get(0);
+            let Ok(msg) = decode(data) else { continue };
+            let (relation, tuples) = match msg {
+                PgOutput::Begin { final_lsn, .. } => {
+                    commit_lsn = final_lsn;
+                    continue;
+                }
+                PgOutput::Commit { end_lsn, .. } => {
+                    if let Some(f) = found.as_mut() {
+                        f.end_lsn = end_lsn;
+                        break;
+                    }
+                    continue;
+                }
+                PgOutput::Relation {
+                    id,
+                    namespace,
+                    name,
+                    columns,
+                    ..
+                } => {
+                    let names = columns.into_iter().map(|c| c.name).collect();
+                    tables.insert(id, (format!("{namespace}.{name}"), names));
+                    continue;
+                }
+                PgOutput::Insert { relation, new } => (relation, vec![new]),
+                PgOutput::Update { relation, old, new } => (
+                    relation,
+                    old.map(|o| o.tuple().clone())
+                        .into_iter()
+                        .chain([new])
+                        .collect(),
+                ),
+                PgOutput::Delete { relation, old } => (relation, vec![old.tuple().clone()]),
+                _ => continue,
+            };
+            if found.is_some() {
+                continue;
+            }
+            let bad = tuples.iter().find_map(|t| {
+                t.iter()
+                    .position(|d| matches!(d, Datum::Text(b) if std::str::from_utf8(b).is_err()))
+            });
+            if let Some(i) = bad {
+                let (table, columns) = tables.get(&relation).cloned().unwrap_or_default();
+                found = Some(NonUtf8 {
+                    table,
+                    column: columns
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{}", i + 1)),
+                    commit_lsn,
+                    end_lsn: commit_lsn,
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Creates the logical slot (pgoutput) when missing; returns its state.
@@ -204,10 +688,12 @@ impl Catalog {
                 )
                 .await
                 .map_err(|e| {
-                    definite_with(
-                        self.err("creating the replication slot", e),
-                        "The user needs the REPLICATION attribute (RDS: GRANT rds_replication), \
-                         and wal_level must be logical.",
+                    denied_with(
+                        "creating the replication slot",
+                        &e,
+                        slot,
+                        "Give the streamer's user the REPLICATION attribute \
+                         (ALTER ROLE … WITH REPLICATION; RDS: GRANT rds_replication TO …).",
                     )
                 })?;
             tracing::info!(slot, "created replication slot");
@@ -297,31 +783,30 @@ impl Catalog {
         Ok(kind)
     }
 
-    /// Primary key column names in key order (empty when the table has none).
-    pub async fn primary_key(&self, relation: u32) -> Result<Vec<String>, ReplicationError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT a.attname::text FROM pg_index i \
-                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                 WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-                &[&relation],
-            )
-            .await
-            .map_err(|e| self.err("reading the primary key", e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     /// Builds a [`Table`] from a Relation message.
-    pub async fn table(
+    ///
+    /// The key (`record_pks`) is the replica identity *as the stream described
+    /// it at that change*: the Relation message's key flags, which Postgres
+    /// takes from the catalog as of the change, so DDL since (a key column
+    /// renamed, the primary key replaced) never relabels older changes. Only
+    /// with REPLICA IDENTITY FULL, where every column is flagged, is the
+    /// primary key read from today's catalog (by name; by position when the
+    /// columns were renamed since but are as many).
+    ///
+    /// A partition is named after the root of its partition tree: the table
+    /// the user created and queries.
+    pub async fn table<'c>(
         &mut self,
         id: u32,
-        schema: &str,
-        name: &str,
-        columns: &[RelationColumn],
-        group_columns: Option<&[String]>,
+        relation: RelationInfo<'_>,
+        group_columns: impl Fn(&str, &str) -> Option<&'c [String]>,
     ) -> Result<Table, ReplicationError> {
+        let RelationInfo {
+            schema,
+            name,
+            replica_identity,
+            columns,
+        } = relation;
         let mut cols = Vec::with_capacity(columns.len());
         for c in columns {
             cols.push(Column::new(
@@ -330,38 +815,145 @@ impl Catalog {
                 c.key,
             ));
         }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT rn.nspname::text, r.relname::text, \
+                   coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = c.oid AND i.indisprimary), '{}'), \
+                   coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = c.oid AND i.indisreplident), '{}'), \
+                   coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{}') \
+                 FROM pg_class c \
+                 JOIN pg_class r ON r.oid = CASE WHEN c.relispartition THEN pg_partition_root(c.oid) ELSE c.oid END \
+                 JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+                 WHERE c.oid = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.err("reading the table's primary key", e))?;
+        let (root_schema, root_name, pk_names, index_names, current_columns) = match row {
+            Some(r) => (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get::<_, Vec<String>>(3),
+                r.get(4),
+            ),
+            // Dropped since: the stream's names, and its key flags alone.
+            None => (
+                schema.to_owned(),
+                name.to_owned(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            ),
+        };
+        let catalog_key = if replica_identity == b'i' {
+            &index_names
+        } else {
+            &pk_names
+        };
+        let primary_key = key_columns(replica_identity, columns, catalog_key, &current_columns);
         let index_of = |n: &str| columns.iter().position(|c| c.name == n);
-        let pk_names = self.primary_key(id).await?;
-        let mut primary_key: Vec<usize> = pk_names.iter().filter_map(|n| index_of(n)).collect();
-        if primary_key.is_empty() {
-            // No primary key: the replica identity index, when it is not FULL (all columns).
-            if !columns.iter().all(|c| c.key) {
-                primary_key = columns
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.key)
-                    .map(|(i, _)| i)
-                    .collect();
-            }
-        }
         let mut group_key = Vec::new();
-        if let Some(names) = group_columns {
+        if let Some(names) = group_columns(&root_schema, &root_name) {
             for n in names {
                 group_key.push(index_of(n).ok_or_else(|| {
                     ReplicationError::Definite(format!(
-                        "sink.group_columns: {schema}.{name} has no column `{n}`"
+                        "sink.group_columns: {root_schema}.{root_name} has no column `{n}`"
                     ))
                 })?);
             }
         }
         Ok(Table::new(
             id,
-            schema.to_owned(),
-            name.to_owned(),
+            root_schema,
+            root_name,
             cols,
             primary_key,
             group_key,
         ))
+    }
+}
+
+/// What a Relation message says about a table.
+#[derive(Debug, Clone, Copy)]
+pub struct RelationInfo<'a> {
+    /// Schema name.
+    pub schema: &'a str,
+    /// Table name.
+    pub name: &'a str,
+    /// `d`efault, `n`othing, `f`ull, `i`ndex.
+    pub replica_identity: u8,
+    /// The columns, with their key flags.
+    pub columns: &'a [RelationColumn],
+}
+
+/// The key columns (indices into `columns`, in key order) of a change: the
+/// Relation's key flags, in the order of today's key (`key_names`: the primary
+/// key, or the replica identity index under USING INDEX) when it holds the
+/// same columns, else in column order (the key changed since). Under FULL
+/// every column is flagged, and the primary key of the catalog is used: by
+/// name, or by position when the names no longer match but the columns are as
+/// many (renamed since). FULL without a primary key has no key.
+fn key_columns(
+    replica_identity: u8,
+    columns: &[RelationColumn],
+    key_names: &[String],
+    current_columns: &[String],
+) -> Vec<usize> {
+    let pk_names = key_names;
+    if replica_identity != b'f' {
+        let flagged: Vec<usize> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        let in_key_order: Option<Vec<usize>> = key_names
+            .iter()
+            .map(|n| flagged.iter().copied().find(|&i| &columns[i].name == n))
+            .collect();
+        if let Some(ordered) = in_key_order.filter(|o| o.len() == flagged.len()) {
+            return ordered;
+        }
+        // Renamed since (as many columns as today): today's key by position.
+        if current_columns.len() == columns.len() {
+            let by_position: Vec<usize> = key_names
+                .iter()
+                .filter_map(|n| current_columns.iter().position(|c| c == n))
+                .collect();
+            let mut sorted = by_position.clone();
+            sorted.sort_unstable();
+            if sorted == flagged {
+                return by_position;
+            }
+        }
+        return flagged;
+    }
+    let by_name: Option<Vec<usize>> = pk_names
+        .iter()
+        .map(|n| columns.iter().position(|c| &c.name == n))
+        .collect();
+    match by_name {
+        Some(key) => key,
+        None if current_columns.len() == columns.len() => pk_names
+            .iter()
+            .filter_map(|n| current_columns.iter().position(|c| c == n))
+            .collect(),
+        None => {
+            tracing::warn!(
+                columns = columns.len(),
+                "the primary key of a REPLICA IDENTITY FULL table changed since this change was written: record_pks left empty"
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -374,18 +966,74 @@ where
     }
 }
 
-fn definite_with(e: ReplicationError, hint: &str) -> ReplicationError {
-    match e {
-        ReplicationError::Definite(m) if !m.ends_with('.') || !m.contains(hint) => {
-            ReplicationError::Definite(format!("{m} {hint}"))
+/// A permission error (SQLSTATE 42501) gets `hint`, the fix for this statement, in place
+/// of the generic one; every other error is classified as usual.
+fn denied_with(
+    context: &str,
+    e: &tokio_postgres::Error,
+    slot: &str,
+    hint: &str,
+) -> ReplicationError {
+    match e.as_db_error() {
+        Some(db) if db.code().code() == "42501" => {
+            ReplicationError::Definite(format!("{context}: {}. {hint}", db.message()))
         }
-        other => other,
+        _ => from_sql(context, e, slot),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn col(name: &str, key: bool) -> RelationColumn {
+        RelationColumn {
+            key,
+            name: name.into(),
+            type_oid: 23,
+            type_modifier: -1,
+        }
+    }
+
+    #[test]
+    fn keys_come_from_the_relation_flags() {
+        let cols = [col("a", true), col("b", true), col("v", false)];
+        // Today's catalog says otherwise (renamed, replaced): the flags win.
+        assert_eq!(
+            key_columns(b'd', &cols, &["x".into()], &["x".into()]),
+            [0, 1]
+        );
+        assert_eq!(key_columns(b'i', &cols, &[], &[]), [0, 1]);
+        // The same columns as today's key: in its order (PRIMARY KEY (b, a)) ...
+        assert_eq!(
+            key_columns(b'd', &cols, &["b".into(), "a".into()], &[]),
+            [1, 0]
+        );
+        // ... also when renamed since (b → c), by position.
+        let now = ["a".to_string(), "c".to_string(), "v".to_string()];
+        assert_eq!(
+            key_columns(b'd', &cols, &["c".into(), "a".into()], &now),
+            [1, 0]
+        );
+        // A key replaced since (today: v): the flags, in column order.
+        assert_eq!(key_columns(b'd', &cols, &["v".into()], &now), [0, 1]);
+        assert_eq!(
+            key_columns(b'n', &[col("a", false)], &[], &[]),
+            Vec::<usize>::new()
+        );
+        // FULL: every column flagged; the primary key by name ...
+        let full = [col("a", true), col("b", true), col("v", true)];
+        let now = ["a".to_string(), "b".to_string(), "v".to_string()];
+        assert_eq!(key_columns(b'f', &full, &["b".into()], &now), [1]);
+        // ... by position when renamed since ...
+        let renamed = ["a".to_string(), "c".to_string(), "v".to_string()];
+        assert_eq!(
+            key_columns(b'f', &full, &["a".into(), "c".into()], &renamed),
+            [0, 1]
+        );
+        // ... and none without a primary key.
+        assert_eq!(key_columns(b'f', &full, &[], &now), Vec::<usize>::new());
+    }
 
     #[test]
     fn lsn_text() {

@@ -101,9 +101,28 @@ pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> 
             "{context}: {e}: {}. Check sslmode and sslrootcert in source.url.",
             tls_failure(e).unwrap_or_default()
         )),
-        // Not from the server: the connection failed or closed.
-        None => ReplicationError::Transient(format!("{context}: {e}")),
+        // sslmode=require (or verify-*) against a server without TLS: it will not change.
+        None if error_chain(e).contains("server does not support TLS") => {
+            ReplicationError::Definite(format!(
+                "{context}: the server does not offer TLS, and sslmode in source.url requires it: \
+                 enable ssl on the server, or set sslmode=prefer (or disable)"
+            ))
+        }
+        // Not from the server: the connection failed or closed (the OS error is a source).
+        None => ReplicationError::Transient(format!("{context}: {}", error_chain(e))),
     }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    out
 }
 
 /// The TLS error under a connection error, if that is what it is.

@@ -148,7 +148,8 @@ pub async fn connect(
     )
     .with_port(info.port)
     .with_tls(tls)
-    .with_start_lsn(Lsn::ZERO)
+    // Postgres starts at the higher of this and the slot's confirmed_flush_lsn.
+    .with_start_lsn(Lsn::from_u64(ack_lsn))
     .with_ack_lsn(Lsn::from_u64(ack_lsn))
     .with_status_interval(Duration::from_secs(1))
     .with_wakeup_interval(Duration::from_secs(10))
@@ -157,9 +158,10 @@ pub async fn connect(
     .with_application_name("walcast")
     // Needed so `feedback_pending_since` reports whether the server has our position.
     .with_feedback_observer(pgwire_replication::FeedbackObserver::new(|_| {}));
-    let client = ReplicationClient::connect(cfg)
-        .await
-        .map_err(|e| classify("connecting for replication", e, slot))?;
+    let client = ReplicationClient::connect(cfg).await.map_err(|e| {
+        let context = format!("connecting for replication to {}:{}", info.host, info.port);
+        classify(&context, e, slot)
+    })?;
     Ok(PgwireStream {
         client,
         slot: slot.to_owned(),

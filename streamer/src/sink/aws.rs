@@ -30,6 +30,7 @@
 //! payload, at least one); they come back when the event is accepted, so the
 //! events held stay under ~8 MiB whatever their size.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -70,12 +71,13 @@ impl Message {
         self.body.as_deref().unwrap_or(&self.event.payload)
     }
 
-    /// The message attributes (`action`, `table_schema`, `table_name`).
-    pub fn attributes(&self) -> [(&'static str, &str); 3] {
+    /// The message attributes (`action`, `table_schema`, `table_name`), with any
+    /// character SQS and SNS refuse written as `\uXXXX` ([`aws_text`]).
+    pub fn attributes(&self) -> [(&'static str, Cow<'_, str>); 3] {
         [
-            ("action", self.event.action.as_str()),
-            ("table_schema", &self.event.table.schema),
-            ("table_name", &self.event.table.name),
+            ("action", Cow::Borrowed(self.event.action.as_str())),
+            ("table_schema", aws_text(&self.event.table.schema)),
+            ("table_name", aws_text(&self.event.table.name)),
         ]
     }
 
@@ -88,6 +90,30 @@ impl Message {
                 .map(|(k, v)| k.len() + "String".len() + v.len())
                 .sum::<usize>()
     }
+}
+
+/// Whether SQS and SNS accept `c` in a message: XML 1.0's characters, `#x9 #xA
+/// #xD #x20–#xD7FF #xE000–#xFFFD #x10000–#x10FFFF` (a `char` is never a surrogate).
+fn accepted_by_aws(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// `s` with each character SQS and SNS refuse written as the six characters
+/// `\uXXXX`, as a JSON escape would (attribute values are plain text, not JSON).
+pub fn aws_text(s: &str) -> Cow<'_, str> {
+    if s.chars().all(accepted_by_aws) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 12);
+    for c in s.chars() {
+        if accepted_by_aws(c) {
+            out.push(c);
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// An entry of a batch the destination refused (inside a successful response).
@@ -147,12 +173,30 @@ where
             transport: false,
             message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
         },
-        other => CallError {
-            code: None,
-            status: None,
-            transport: true,
-            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&other)),
-        },
+        other => {
+            // One line: what kind of failure, and its innermost cause (the OS error).
+            let what = match &other {
+                SdkError::TimeoutError(_) => "timed out",
+                SdkError::DispatchFailure(_) => "cannot reach the endpoint",
+                SdkError::ResponseError(_) => "unreadable response",
+                _ => "request failed",
+            };
+            let mut cause: &(dyn std::error::Error + 'static) = &other;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let cause = cause.to_string();
+            CallError {
+                code: None,
+                status: None,
+                transport: true,
+                message: if cause == other.to_string() {
+                    what.to_owned()
+                } else {
+                    format!("{what}: {cause}")
+                },
+            }
+        }
     }
 }
 
@@ -917,6 +961,16 @@ mod tests {
             .map(|x| x.1)
             .collect();
         assert_eq!(acc, [0], "nothing of the group after the refused event");
+    }
+
+    #[test]
+    fn refused_characters_are_escaped_in_attributes() {
+        assert!(matches!(aws_text("orders"), Cow::Borrowed("orders")));
+        assert_eq!(
+            aws_text("a\u{FFFF}b\u{1}c\u{FFFE}"),
+            "a\\uffffb\\u0001c\\ufffe"
+        );
+        assert_eq!(aws_text("tab\tünï😀"), "tab\tünï😀");
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Destination for SqsQueue {
                     k,
                     MessageAttributeValue::builder()
                         .data_type("String")
-                        .string_value(v)
+                        .string_value(v.into_owned())
                         .build()
                         .map_err(build_error)?,
                 );

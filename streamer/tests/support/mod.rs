@@ -66,13 +66,23 @@ impl PgServer {
     }
 
     fn start() -> PgServer {
+        PgServer::start_with("main", "")
+    }
+
+    /// A server of its own (for tests that restart it or need other settings,
+    /// e.g. `-c wal_level=replica -c ssl=off`), stopped and removed on drop.
+    pub fn dedicated(tag: &str, settings: &str) -> PgServer {
+        PgServer::start_with(tag, settings)
+    }
+
+    fn start_with(tag: &str, settings: &str) -> PgServer {
         let bin = bin_dir();
         assert!(
             bin.join("initdb").exists(),
             "Postgres 15 server binaries not found in {} (apt-get install postgresql-15, or set WALCAST_PG_BIN)",
             bin.display()
         );
-        let base = std::env::temp_dir().join(format!("walcast-pg-{}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("walcast-pg-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let data = base.join("data");
         let sock = base.join("sock");
@@ -120,7 +130,7 @@ impl PgServer {
                  -c max_replication_slots=64 -c max_wal_senders=64 -c max_connections=200 \
                  -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
                  -c wal_sender_timeout=60s -c ssl=on -c ssl_cert_file={base}/server.crt \
-                 -c ssl_key_file={base}/server.key",
+                 -c ssl_key_file={base}/server.key {settings}",
                 sock.display(),
                 base = base.display(),
             ))
@@ -157,6 +167,22 @@ impl PgServer {
         PgServer { port, dir: base }
     }
 
+    /// Restarts the server; `immediate` crashes it first (no shutdown checkpoint).
+    pub fn restart(&self, immediate: bool) {
+        let mode = if immediate { "immediate" } else { "fast" };
+        let ok = as_pg_user(&bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-m", mode, "restart"])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pg_ctl restart failed");
+    }
+
     /// The CA that signed the server's certificate (for `sslrootcert`).
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.crt")
@@ -164,6 +190,19 @@ impl PgServer {
 
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_pg_user(&bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -217,6 +256,11 @@ pub async fn connect(url: &str) -> Client {
 
 impl TestDb {
     pub async fn new(prefix: &str) -> TestDb {
+        TestDb::with_options(prefix, "").await
+    }
+
+    /// A database created `WITH` these options (e.g. `ENCODING 'SQL_ASCII' …`).
+    pub async fn with_options(prefix: &str, options: &str) -> TestDb {
         let server = PgServer::get();
         let name = format!(
             "{prefix}_{}_{}",
@@ -225,7 +269,7 @@ impl TestDb {
         );
         let admin = connect(&server.url("postgres")).await;
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name} {options}"))
             .await
             .expect("create database");
         let url = server.url(&name);
