@@ -163,7 +163,7 @@ async fn check_with(
             }
             let mut list = p.tables.clone();
             for t in &configured {
-                if !p.all_tables && !p.tables.contains(t) {
+                if !p.all_tables && !p.tables.contains(t) && !p.members.contains(t) {
                     push(out, Level::Warn, format!(
                         "{}.{} is configured but not in publication {publication}: `streamer run` adds it (ALTER PUBLICATION … ADD TABLE)",
                         t.0, t.1

@@ -747,12 +747,7 @@ async fn check_reports_the_sink() {
     let sqs = emu.sqs();
     let (fifo, _) = create_queue(&sqs, &format!("{}.fifo", unique("chk"))).await;
     let (standard, _) = create_queue(&sqs, &unique("chk-std")).await;
-    let check = |target: String| {
-        let yaml = format!(
-            "{}{}",
-            db.config_yaml("  tables: [t]\n"),
-            emu.sink_yaml("sqs", &target, "")
-        );
+    let check_yaml = |yaml: String| {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).expect("write");
@@ -765,6 +760,13 @@ async fn check_reports_the_sink() {
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    };
+    let check = |target: String| {
+        check_yaml(format!(
+            "{}{}",
+            db.config_yaml("  tables: [t]\n"),
+            emu.sink_yaml("sqs", &target, "")
+        ))
     };
     let (ok, text) = check(fifo.clone());
     assert!(ok, "{text}");
@@ -784,19 +786,10 @@ async fn check_reports_the_sink() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let yaml = format!(
+    let (_, text) = check_yaml(format!(
         "{}sink:\n  type: sqs\n  queue_url: {standard}\n  endpoint_url: http://127.0.0.1:{closed}\n  access_key_id: test\n  secret_access_key: test\n",
         db.config_yaml("  tables: [t]\n"),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run check");
-    let text = String::from_utf8_lossy(&out.stdout);
+    ));
     let line = text
         .lines()
         .find(|l| l.starts_with("FAIL SQS queue"))

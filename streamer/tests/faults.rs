@@ -303,7 +303,7 @@ async fn partitions_are_named_after_their_root() {
     db.exec("CREATE PUBLICATION by_hand FOR TABLE measurements")
         .await;
     let yaml = db
-        .config_yaml("")
+        .config_yaml("  tables: [measurements]\n")
         .replace(
             &format!("publication: p_{}", db.name),
             "publication: by_hand",
@@ -355,12 +355,7 @@ async fn non_utf8_text_in_a_sql_ascii_database_is_named() {
     run.events(1).await;
     db.exec("INSERT INTO notes VALUES (2, E'secret\\xff')")
         .await;
-    let commit: String = db
-        .client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .expect("lsn")
-        .get(0);
+    let commit = db.insert_lsn().await;
     let msg = run.failure().await;
     assert!(
         msg.contains("table public.notes")
@@ -376,7 +371,7 @@ async fn non_utf8_text_in_a_sql_ascii_database_is_named() {
         .and_then(|r| r.split(['.', ' ']).next())
         .and_then(parse_lsn)
         .expect("an LSN in the message");
-    assert!(lsn <= parse_lsn(&commit).expect("lsn"), "{msg}");
+    assert!(lsn <= commit, "{msg}");
     db.drop_db().await;
 }
 
@@ -391,13 +386,7 @@ async fn stream_resumes_from_the_higher_of_slot_and_streamer() {
     let cfg = config(&db.config_yaml("  tables: [t]\n"));
     let slot = pipeline::setup(&cfg).await.expect("setup");
     db.exec("INSERT INTO t VALUES (1)").await;
-    let after_first: String = db
-        .client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .expect("lsn")
-        .get(0);
-    let after_first = parse_lsn(&after_first).expect("lsn");
+    let after_first = db.insert_lsn().await;
     db.exec("INSERT INTO t VALUES (2)").await;
     // The slot is at its creation point, behind both inserts; we confirmed the first.
     assert!(slot.confirmed_flush_lsn < after_first);
@@ -541,5 +530,98 @@ async fn blocked_writer_does_not_block_shutdown() {
         "nothing was accepted:\n{metrics}"
     );
     drop(release);
+    db.drop_db().await;
+}
+
+/// 10, end to end: Postgres restarted (crashed) under a running streamer. The slot's
+/// position on disk may be older than what the streamer confirmed; nothing the
+/// streamer confirmed is sent again.
+#[tokio::test]
+async fn postgres_restart_sends_nothing_confirmed_again() {
+    let server = PgServer::dedicated("restart", "");
+    let url = server.url("postgres");
+    let admin = crate::support::connect(&url).await;
+    admin
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("table");
+    let run = Running::start_yaml(&format!("source:\n  url: {url}\n  tables: [t]\n")).await;
+    for i in 1..=10 {
+        admin
+            .execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .expect("insert");
+    }
+    run.events(10).await;
+    let lsn_of = |sql: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin.query_one(sql, &[]).await.expect("lsn");
+            row.get::<_, Option<i64>>(0).unwrap_or(0) as u64
+        }
+    };
+    let written = lsn_of("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint").await;
+    // The streamer confirmed the inserts, and Postgres heard it (in memory).
+    eventually(WAIT, || async {
+        run.tracker.confirmable() >= written
+            && lsn_of("SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots")
+                .await
+                >= written
+    })
+    .await;
+    drop(admin);
+    server.restart(true);
+    let admin = crate::support::connect(&url).await;
+    admin
+        .execute("INSERT INTO t VALUES (11)", &[])
+        .await
+        .expect("insert after restart");
+    let ev = run.events(11).await;
+    let after = {
+        let row = admin
+            .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
+            .await
+            .expect("lsn");
+        row.get::<_, i64>(0) as u64
+    };
+    eventually(WAIT, || async { run.tracker.confirmable() >= after }).await;
+    let ids: Vec<i64> = run
+        .sink
+        .events()
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.payload).expect("json");
+            v["record"]["id"].as_i64().expect("id")
+        })
+        .collect();
+    assert_eq!(ids, (1..=11).collect::<Vec<_>>(), "{} events", ev.len());
+    run.stop().await;
+    drop(admin);
+    drop(server);
+}
+
+/// Two streamers starting at once (one per sink, as `infra/local.sh` runs them) both
+/// find the publication and the slot, whichever created them.
+#[tokio::test]
+async fn concurrent_setups_share_the_publication() {
+    let db = TestDb::new("f_race").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    for round in 0..3 {
+        let yaml = |slot: &str| {
+            db.config_yaml("")
+                .replace(
+                    &format!("slot: s_{}", db.name),
+                    &format!("slot: {slot}_{round}"),
+                )
+                .replace(
+                    &format!("publication: p_{}", db.name),
+                    &format!("publication: race_{round}"),
+                )
+        };
+        let (a, b) = (config(&yaml("a")), config(&yaml("b")));
+        let (ra, rb) = tokio::join!(pipeline::setup(&a), pipeline::setup(&b));
+        ra.expect("first streamer");
+        rb.expect("second streamer");
+    }
     db.drop_db().await;
 }

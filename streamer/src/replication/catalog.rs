@@ -29,6 +29,8 @@ pub struct Publication {
     pub via_root: bool,
     /// The published tables (for partitioned tables: the root when `via_root`, else the partitions).
     pub tables: Vec<(String, String)>,
+    /// The tables added to it by name (`FOR TABLE`, `ADD TABLE`; a partitioned table as itself).
+    pub members: Vec<(String, String)>,
 }
 
 /// A table, as far as publishing it is concerned.
@@ -189,15 +191,23 @@ impl Catalog {
         from_sql(context, &e, &self.slot)
     }
 
+    /// A server setting, e.g. `wal_level`.
+    pub async fn setting(&self, name: &str) -> Result<String, ReplicationError> {
+        Ok(self
+            .client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(|e| self.err(&format!("reading {name}"), e))?
+            .get(0))
+    }
+
     /// `server_version_num`, e.g. 150012.
     pub async fn server_version(&self) -> Result<u32, ReplicationError> {
-        let v: String = self
-            .client
-            .query_one("SELECT current_setting('server_version_num')", &[])
-            .await
-            .map_err(|e| self.err("reading server_version_num", e))?
-            .get(0);
-        Ok(v.parse().unwrap_or(0))
+        Ok(self
+            .setting("server_version_num")
+            .await?
+            .parse()
+            .unwrap_or(0))
     }
 
     /// The publication as it is now, if it exists.
@@ -222,10 +232,25 @@ impl Catalog {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let members = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text FROM pg_publication_rel pr \
+                 JOIN pg_publication p ON p.oid = pr.prpubid \
+                 JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE p.pubname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_publication_rel", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         Ok(Some(Publication {
             all_tables: row.get(0),
             via_root: row.get(1),
             tables,
+            members,
         }))
     }
 
@@ -314,12 +339,7 @@ impl Catalog {
     /// user's right to replicate. Checked first, so a failing `run` leaves no
     /// publication or slot behind.
     pub async fn preflight(&self) -> Result<(), ReplicationError> {
-        let wal_level: String = self
-            .client
-            .query_one("SELECT current_setting('wal_level')", &[])
-            .await
-            .map_err(|e| self.err("reading wal_level", e))?
-            .get(0);
+        let wal_level = self.setting("wal_level").await?;
         if wal_level != "logical" {
             return Err(ReplicationError::Definite(format!(
                 "wal_level is {wal_level}: set wal_level = logical (RDS/Aurora: rds.logical_replication = 1 \
@@ -417,6 +437,17 @@ impl Catalog {
         name: &str,
         tables: &[(String, String)],
     ) -> Result<(), ReplicationError> {
+        self.ensure_publication_once(name, tables, true).await
+    }
+
+    /// [`Self::ensure_publication`]; `retry`: look again (once) when another
+    /// streamer created the publication or added a table since we looked.
+    async fn ensure_publication_once(
+        &self,
+        name: &str,
+        tables: &[(String, String)],
+        retry: bool,
+    ) -> Result<(), ReplicationError> {
         let existing = self.publication(name).await?;
         let (to_add, create) = match &existing {
             None if tables.is_empty() => (self.user_tables().await?, true),
@@ -425,7 +456,7 @@ impl Catalog {
             Some(p) => (
                 tables
                     .iter()
-                    .filter(|t| !p.tables.contains(t))
+                    .filter(|t| !p.tables.contains(t) && !p.members.contains(t))
                     .cloned()
                     .collect(),
                 false,
@@ -453,15 +484,19 @@ impl Catalog {
                 },
                 options.join(", ")
             );
-            self.client.batch_execute(&sql).await.map_err(|e| {
-                denied_with(
+            if let Err(e) = self.client.batch_execute(&sql).await {
+                // Another streamer created it meanwhile: take it as it is.
+                if retry && raced(&e) {
+                    return Box::pin(self.ensure_publication_once(name, tables, false)).await;
+                }
+                return Err(denied_with(
                     "creating the publication",
                     &e,
                     &self.slot,
                     "The streamer's user must own the tables, or create the publication yourself \
                      (CREATE PUBLICATION … FOR TABLE … WITH (publish_via_partition_root = true)).",
-                )
-            })?;
+                ));
+            }
             if to_add.is_empty() {
                 tracing::warn!(publication = name, "created publication with no tables: there is no table to stream yet; list tables in source.tables");
             } else {
@@ -473,14 +508,17 @@ impl Catalog {
             }
         } else if !list.is_empty() {
             let sql = format!("ALTER PUBLICATION {} ADD TABLE {list}", quote_ident(name));
-            self.client.batch_execute(&sql).await.map_err(|e| {
-                denied_with(
+            if let Err(e) = self.client.batch_execute(&sql).await {
+                if retry && raced(&e) {
+                    return Box::pin(self.ensure_publication_once(name, tables, false)).await;
+                }
+                return Err(denied_with(
                     "adding tables to the publication",
                     &e,
                     &self.slot,
                     "The streamer's user must own the tables, or add them yourself (ALTER PUBLICATION … ADD TABLE …).",
-                )
-            })?;
+                ));
+            }
             tracing::info!(publication = name, tables = %list, "added tables to publication");
         }
         Ok(())
@@ -488,12 +526,7 @@ impl Catalog {
 
     /// `server_encoding`, e.g. `UTF8` or `SQL_ASCII`.
     pub async fn server_encoding(&self) -> Result<String, ReplicationError> {
-        Ok(self
-            .client
-            .query_one("SELECT current_setting('server_encoding')", &[])
-            .await
-            .map_err(|e| self.err("reading server_encoding", e))?
-            .get(0))
+        self.setting("server_encoding").await
     }
 
     /// Explains a stream that stopped with "invalid byte sequence for encoding
@@ -681,23 +714,30 @@ impl Catalog {
                     created,
                 });
             }
-            self.client
+            let made = self
+                .client
                 .query(
                     "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                     &[&slot],
                 )
-                .await
-                .map_err(|e| {
-                    denied_with(
+                .await;
+            match made {
+                Ok(_) => {
+                    tracing::info!(slot, "created replication slot");
+                    created = true;
+                }
+                // Another streamer created it meanwhile: read it as it is.
+                Err(e) if raced(&e) => {}
+                Err(e) => {
+                    return Err(denied_with(
                         "creating the replication slot",
                         &e,
                         slot,
                         "Give the streamer's user the REPLICATION attribute \
                          (ALTER ROLE … WITH REPLICATION; RDS: GRANT rds_replication TO …).",
-                    )
-                })?;
-            tracing::info!(slot, "created replication slot");
-            created = true;
+                    ))
+                }
+            }
         }
     }
 
@@ -964,6 +1004,13 @@ where
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "catalog connection closed");
     }
+}
+
+/// The object was created (or the table added) by someone else since we looked:
+/// duplicate_object, or the unique index of the catalog.
+fn raced(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "42710" | "23505"))
 }
 
 /// A permission error (SQLSTATE 42501) gets `hint`, the fix for this statement, in place

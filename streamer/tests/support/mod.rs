@@ -332,6 +332,17 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// `pg_current_wal_insert_lsn()`: past every commit so far (the write position,
+    /// `pg_current_wal_lsn()`, may lag with `synchronous_commit=off`).
+    pub async fn insert_lsn(&self) -> u64 {
+        let row = self
+            .client
+            .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
+            .await
+            .expect("insert LSN");
+        row.get::<_, i64>(0) as u64
+    }
+
     /// The slot's confirmed_flush_lsn and the current WAL position.
     pub async fn slot_lsns(&self, slot: &str) -> (u64, u64) {
         let row = self
