@@ -71,6 +71,9 @@ pub struct Config {
     /// Where events go.
     #[serde(default)]
     pub sink: SinkConfig,
+    /// Backfills.
+    #[serde(default)]
+    pub backfill: BackfillConfig,
     /// The operations listener.
     #[serde(default)]
     pub http: HttpConfig,
@@ -187,6 +190,15 @@ impl Default for SinkConfig {
     }
 }
 
+/// `backfill:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// When the slot is created (the first start), backfill every published table.
+    #[serde(default)]
+    pub initial: bool,
+}
+
 /// `http:` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,43 +235,74 @@ fn default_name() -> String {
     "walcast".into()
 }
 
-/// Environment variables that override keys: (variable, section, key, is a list).
-const ENV_KEYS: &[(&str, &str, &str, bool)] = &[
-    ("WALCAST_SOURCE_URL", "source", "url", false),
-    ("WALCAST_SOURCE_SLOT", "source", "slot", false),
-    ("WALCAST_SOURCE_PUBLICATION", "source", "publication", false),
-    ("WALCAST_SOURCE_TABLES", "source", "tables", true),
-    ("WALCAST_SOURCE_NAME", "source", "name", false),
-    ("WALCAST_SOURCE_ID", "source", "id", false),
-    ("WALCAST_SINK_TYPE", "sink", "type", false),
-    ("WALCAST_SINK_NAME", "sink", "name", false),
-    ("WALCAST_SINK_ID", "sink", "id", false),
-    ("WALCAST_SINK_QUEUE_URL", "sink", "queue_url", false),
-    ("WALCAST_SINK_TOPIC_ARN", "sink", "topic_arn", false),
-    ("WALCAST_SINK_REGION", "sink", "region", false),
-    ("WALCAST_SINK_ENDPOINT_URL", "sink", "endpoint_url", false),
-    ("WALCAST_SINK_ACCESS_KEY_ID", "sink", "access_key_id", false),
+/// How an environment variable's text becomes a value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    /// Comma-separated.
+    List,
+    Number,
+    Bool,
+}
+
+/// Environment variables that override keys: (variable, section, key, kind).
+const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
+    ("WALCAST_SOURCE_URL", "source", "url", Kind::Text),
+    ("WALCAST_SOURCE_SLOT", "source", "slot", Kind::Text),
+    (
+        "WALCAST_SOURCE_PUBLICATION",
+        "source",
+        "publication",
+        Kind::Text,
+    ),
+    ("WALCAST_SOURCE_TABLES", "source", "tables", Kind::List),
+    ("WALCAST_SOURCE_NAME", "source", "name", Kind::Text),
+    ("WALCAST_SOURCE_ID", "source", "id", Kind::Text),
+    ("WALCAST_SINK_TYPE", "sink", "type", Kind::Text),
+    ("WALCAST_SINK_NAME", "sink", "name", Kind::Text),
+    ("WALCAST_SINK_ID", "sink", "id", Kind::Text),
+    ("WALCAST_SINK_QUEUE_URL", "sink", "queue_url", Kind::Text),
+    ("WALCAST_SINK_TOPIC_ARN", "sink", "topic_arn", Kind::Text),
+    ("WALCAST_SINK_REGION", "sink", "region", Kind::Text),
+    (
+        "WALCAST_SINK_ENDPOINT_URL",
+        "sink",
+        "endpoint_url",
+        Kind::Text,
+    ),
+    (
+        "WALCAST_SINK_ACCESS_KEY_ID",
+        "sink",
+        "access_key_id",
+        Kind::Text,
+    ),
     (
         "WALCAST_SINK_SECRET_ACCESS_KEY",
         "sink",
         "secret_access_key",
-        false,
+        Kind::Text,
     ),
     (
         "WALCAST_SINK_DEAD_LETTER_QUEUE_URL",
         "sink",
         "dead_letter_queue_url",
-        false,
+        Kind::Text,
     ),
     (
         "WALCAST_SINK_DRAIN_TIMEOUT_SECS",
         "sink",
         "drain_timeout_secs",
-        false,
+        Kind::Number,
     ),
-    ("WALCAST_HTTP_LISTEN", "http", "listen", false),
-    ("WALCAST_LOG_FORMAT", "log", "format", false),
-    ("WALCAST_LOG_LEVEL", "log", "level", false),
+    (
+        "WALCAST_BACKFILL_INITIAL",
+        "backfill",
+        "initial",
+        Kind::Bool,
+    ),
+    ("WALCAST_HTTP_LISTEN", "http", "listen", Kind::Text),
+    ("WALCAST_LOG_FORMAT", "log", "format", Kind::Text),
+    ("WALCAST_LOG_LEVEL", "log", "level", Kind::Text),
 ];
 
 /// The names of the variables `Config::load` reads.
@@ -284,7 +327,7 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("WALCAST_"))
             .collect();
-        for (var, section, key, list) in ENV_KEYS {
+        for (var, section, key, kind) in ENV_KEYS {
             let Some(value) = env.get(*var) else { continue };
             let serde_norway::Value::Mapping(map) = &mut root else {
                 return Err(ConfigError::Parse("the top level must be a mapping".into()));
@@ -295,27 +338,34 @@ impl Config {
             let serde_norway::Value::Mapping(sec) = entry else {
                 return Err(ConfigError::Parse(format!("`{section}` must be a mapping")));
             };
-            let v = if *list {
-                serde_norway::Value::Sequence(
+            let v = match kind {
+                Kind::List => serde_norway::Value::Sequence(
                     value
                         .split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
                         .map(serde_norway::Value::from)
                         .collect(),
-                )
-            } else if let (true, Ok(n)) = (key.ends_with("_secs"), value.trim().parse::<u64>()) {
-                serde_norway::Value::from(n)
-            } else {
-                serde_norway::Value::from(value.as_str())
+                ),
+                Kind::Number => match value.trim().parse::<u64>() {
+                    Ok(n) => serde_norway::Value::from(n),
+                    Err(_) => serde_norway::Value::from(value.as_str()),
+                },
+                Kind::Bool => match value.trim() {
+                    "true" | "1" => serde_norway::Value::from(true),
+                    "false" | "0" => serde_norway::Value::from(false),
+                    other => serde_norway::Value::from(other),
+                },
+                Kind::Text => serde_norway::Value::from(value.as_str()),
             };
             sec.insert(serde_norway::Value::from(*key), v);
         }
         // A typo in a configuration variable must not pass silently; other WALCAST_*
         // variables (WALCAST_CONFIG, the tooling's WALCAST_TOOLS, …) are not ours to judge.
-        const SECTIONS: [&str; 4] = [
+        const SECTIONS: [&str; 5] = [
             "WALCAST_SOURCE_",
             "WALCAST_SINK_",
+            "WALCAST_BACKFILL_",
             "WALCAST_HTTP_",
             "WALCAST_LOG_",
         ];

@@ -11,10 +11,13 @@
 //! - [`sink`]: where events go, and the delivery contract every sink keeps.
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
 //! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
+//! - [`backfill`]: the rows tables already hold, as `read` events, bracketed by
+//!   watermarks in the stream while streaming goes on; progress kept in the database.
 //! - [`check`]: `streamer check`, a diagnosis of the database.
 //! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 
+pub mod backfill;
 pub mod check;
 pub mod config;
 pub mod event;

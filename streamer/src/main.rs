@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use walcast_streamer::backfill;
 use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::{Config, LogFormat, SinkType};
 use walcast_streamer::ops;
@@ -38,6 +39,25 @@ enum Command {
     },
     /// Diagnose the database (and sink) and exit non-zero on a failure.
     Check,
+    /// Send the rows tables already hold as `read` events, through the running streamer
+    /// (the one reading source.slot), while streaming goes on. Follows progress until done.
+    Backfill {
+        /// Tables to backfill (`schema.table`).
+        #[arg(value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Only rows whose COLUMN is at least VALUE, e.g. `updated_at=2026-01-01`.
+        #[arg(long, value_name = "COLUMN=VALUE")]
+        where_from: Option<String>,
+        /// Return once requested, without following progress.
+        #[arg(long)]
+        detach: bool,
+        /// List this slot's backfills and their progress.
+        #[arg(long, conflicts_with_all = ["tables", "cancel"])]
+        status: bool,
+        /// Cancel backfills by id (all unfinished ones of this slot without an id).
+        #[arg(long, value_name = "ID", num_args = 0.., conflicts_with = "tables")]
+        cancel: Option<Vec<u64>>,
+    },
     /// Ask a running streamer's /healthz (exit 0 when healthy): the container health check.
     /// Reads only http.listen / WALCAST_HTTP_LISTEN (default 127.0.0.1:9187).
     Healthz,
@@ -84,6 +104,25 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { until_lsn } => run(config, until_lsn.as_deref(), started).await,
             Command::Check => check(config).await,
+            Command::Backfill {
+                tables,
+                where_from,
+                detach,
+                status,
+                cancel,
+            } => {
+                let command = match (status, cancel) {
+                    (true, _) => backfill::cli::Command::Status,
+                    (false, Some(ids)) => backfill::cli::Command::Cancel(ids),
+                    (false, None) => backfill::cli::Command::Request {
+                        tables,
+                        where_from,
+                        detach,
+                    },
+                };
+                backfill::cli::run(&config, command).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             // Answered above, before the configuration is loaded.
             Command::Healthz => Ok(ExitCode::SUCCESS),
         }
@@ -150,6 +189,15 @@ async fn run(
         None => None,
     };
     let slot = pipeline::setup(&config).await?;
+    if slot.created && config.backfill.initial {
+        let ids = backfill::cli::request_initial(&config)
+            .await
+            .context("backfill.initial")?;
+        tracing::info!(
+            backfills = ids.len(),
+            "initial backfill requested for every published table"
+        );
+    }
     let tracker = Tracker::new(slot.confirmed_flush_lsn);
     if let Some(addr) = &config.http.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -228,7 +276,14 @@ async fn run_with<S: Sink>(
             _ = reached => {}
         }
     };
-    let mut pipeline = Pipeline::new(Arc::clone(&config), connector, sink, tracker);
+    let coordinator = backfill::Coordinator::new();
+    tokio::spawn(backfill::drive(
+        Arc::clone(&config),
+        coordinator.clone(),
+        tracker.clone(),
+    ));
+    let mut pipeline =
+        Pipeline::new(Arc::clone(&config), connector, sink, tracker).with_backfills(coordinator);
     pipeline.drain_timeout = std::time::Duration::from_secs(config.sink.drain_timeout_secs);
     pipeline.run(shutdown).await.context("streaming stopped")?;
     Ok(ExitCode::SUCCESS)

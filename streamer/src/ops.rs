@@ -61,6 +61,17 @@ pub struct Metrics {
     sink_error: Mutex<Option<String>>,
     last_accept: Mutex<Option<Instant>>,
     started: Instant,
+    backfills: Mutex<BTreeMap<String, BackfillGauge>>,
+}
+
+/// A backfill's figures, per table.
+#[derive(Debug, Clone, Default)]
+struct BackfillGauge {
+    state: &'static str,
+    rows_estimate: i64,
+    rows_sent: i64,
+    rate: f64,
+    eta: f64,
 }
 
 impl Default for Metrics {
@@ -76,6 +87,7 @@ impl Default for Metrics {
             sink_error: Mutex::default(),
             last_accept: Mutex::default(),
             started: Instant::now(),
+            backfills: Mutex::default(),
         }
     }
 }
@@ -94,6 +106,36 @@ impl Metrics {
                 Some(c) => f(c),
                 None => f(t.entry(name.to_owned()).or_default()),
             }
+        }
+    }
+
+    /// A backfill of `table` moved on (`state`: running, done, cancelled, failed);
+    /// `rate` in rows per second while running.
+    pub fn backfill(
+        &self,
+        table: &str,
+        state: &'static str,
+        bf: &crate::backfill::store::Backfill,
+        rate: Option<f64>,
+    ) {
+        let rate = rate.unwrap_or(0.0);
+        let estimate = bf.rows_estimate.unwrap_or(0).max(bf.rows_sent);
+        let eta = if rate > 0.0 {
+            (estimate - bf.rows_sent).max(0) as f64 / rate
+        } else {
+            0.0
+        };
+        if let Ok(mut b) = self.backfills.lock() {
+            b.insert(
+                table.to_owned(),
+                BackfillGauge {
+                    state,
+                    rows_estimate: estimate,
+                    rows_sent: bf.rows_sent,
+                    rate,
+                    eta,
+                },
+            );
         }
     }
 
@@ -314,6 +356,42 @@ impl Metrics {
             "1 while the replication connection is up.",
             u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
         );
+        let backfills = self.backfills.lock().map(|b| b.clone()).unwrap_or_default();
+        for (name, help, get) in [
+            (
+                "walcast_backfill_rows_estimate",
+                "Rows in the table when its backfill started (estimate).",
+                (|g: &BackfillGauge| g.rows_estimate.to_string()) as fn(&BackfillGauge) -> String,
+            ),
+            (
+                "walcast_backfill_rows_sent",
+                "Rows a backfill sent as read events.",
+                |g: &BackfillGauge| g.rows_sent.to_string(),
+            ),
+            (
+                "walcast_backfill_rows_per_second",
+                "A running backfill's rate since it started in this process.",
+                |g: &BackfillGauge| format!("{:.1}", g.rate),
+            ),
+            (
+                "walcast_backfill_eta_seconds",
+                "A running backfill's time left at its rate (0: unknown or finished).",
+                |g: &BackfillGauge| format!("{:.0}", g.eta),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (t, g) in &backfills {
+                let _ = writeln!(out, "{name}{{table=\"{t}\"}} {}", get(g));
+            }
+        }
+        let _ = writeln!(out, "# HELP walcast_backfill_state 1 for the backfill's state.\n# TYPE walcast_backfill_state gauge");
+        for (t, g) in &backfills {
+            let _ = writeln!(
+                out,
+                "walcast_backfill_state{{table=\"{t}\",state=\"{}\"}} 1",
+                g.state
+            );
+        }
         gauge(
             &mut out,
             "walcast_up",

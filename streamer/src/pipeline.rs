@@ -11,11 +11,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backfill::Coordinator;
 use crate::config::Config;
-use crate::event::{EventBuilder, RowChange, Table, Transaction};
+use crate::event::{self, EventBuilder, RowChange, Table, Transaction};
 use crate::progress::Tracker;
 use crate::replication::catalog::{format_lsn, Catalog, RelationInfo, SlotState};
-use crate::replication::pgoutput::{self, PgOutput};
+use crate::replication::pgoutput::{self, Datum, PgOutput, Tuple};
 use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
 use crate::replication::ReplicationError;
 use crate::sink::{Sink, SinkError};
@@ -102,6 +103,8 @@ pub struct Pipeline<S: Sink, C: Connector> {
     sink: S,
     tracker: Tracker,
     builder: EventBuilder,
+    /// Backfills: watermarks seen in the stream, and chunks to send at them.
+    backfills: Option<Coordinator>,
     /// How long a shutdown waits for the sink to deliver what it holds.
     pub drain_timeout: Duration,
 }
@@ -143,8 +146,16 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             sink,
             tracker,
             builder,
+            backfills: None,
             drain_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Sends backfill chunks at their watermarks (the driver runs beside the pipeline,
+    /// see [`crate::backfill`]).
+    pub fn with_backfills(mut self, coordinator: Coordinator) -> Self {
+        self.backfills = Some(coordinator);
+        self
     }
 
     /// Runs until `shutdown` resolves (then drains and confirms) or a definite error.
@@ -360,8 +371,8 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 prefix,
                 content,
             } => {
-                if let (true, Some(tx)) = (transactional, state.tx.as_mut()) {
-                    annotate(tx, &prefix, &content);
+                if transactional {
+                    self.message(state, &prefix, &content).await?;
                 }
             }
             WalMessage::Data(data) => {
@@ -407,16 +418,15 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                         None
                     }
                     PgOutput::Message {
-                        transactional,
+                        transactional: true,
                         prefix,
                         content,
                         ..
                     } => {
-                        if let (true, Some(tx)) = (*transactional, state.tx.as_mut()) {
-                            annotate(tx, prefix, content);
-                        }
+                        self.message(state, prefix, content).await?;
                         None
                     }
+                    PgOutput::Message { .. } => None,
                     PgOutput::Begin { .. }
                     | PgOutput::Commit { .. }
                     | PgOutput::Origin { .. }
@@ -429,6 +439,55 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A transactional logical message: annotations, or a backfill watermark.
+    async fn message(
+        &mut self,
+        state: &mut Session,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<(), PipelineError> {
+        let Some(tx) = state.tx.as_mut() else {
+            return Ok(());
+        };
+        if !prefix.starts_with("walcast.backfill.") {
+            annotate(tx, prefix, content);
+            return Ok(());
+        }
+        let Some(coordinator) = self.backfills.clone() else {
+            return Ok(());
+        };
+        let Some(chunk) = coordinator.watermark(prefix, content) else {
+            return Ok(());
+        };
+        // The chunk's reads go out here, at the high watermark, in stream order with
+        // every change; rows changed inside the window are left to their changes.
+        let at = chunk.read_at(tx.commit_lsn);
+        let mut sent = 0u64;
+        for row in &chunk.rows {
+            let tuple: Tuple<'_> = row
+                .iter()
+                .map(|v| match v {
+                    Some(text) => Datum::Text(text.as_bytes()),
+                    None => Datum::Null,
+                })
+                .collect();
+            let mut event = self
+                .builder
+                .build_read(&chunk.table, &tuple, &at, sent)
+                .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
+            if coordinator.changed_in_window(&event.pks) {
+                continue;
+            }
+            event.seq = self.tracker.register();
+            self.tracker.metrics().received(&event);
+            self.sink.send(event).await?;
+            sent += 1;
+        }
+        state.unflushed = true;
+        coordinator.emitted(chunk.mark, tx.commit_lsn, sent);
         Ok(())
     }
 
@@ -447,10 +506,28 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 "a change for relation {relation} arrived before its Relation message"
             ))
         })?;
+        // The streamer's own bookkeeping (a FOR ALL TABLES publication includes it).
+        if table.schema == crate::backfill::SCHEMA {
+            return Ok(());
+        }
+        // An update that changed the key also changed the row under the old key.
+        let old_key = match (&self.backfills, &change) {
+            (Some(_), RowChange::Update(Some(old), _)) => Some(
+                event::key_json(table, old.tuple())
+                    .map_err(|e| ReplicationError::Definite(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let mut event = self
             .builder
             .build(tx, table, change)
             .map_err(|e| ReplicationError::Definite(e.to_string()))?;
+        if let Some(coordinator) = &self.backfills {
+            coordinator.changed(&table.qualified, &event.pks);
+            if let Some(old) = old_key.filter(|k| *k != event.pks) {
+                coordinator.changed(&table.qualified, &old);
+            }
+        }
         event.seq = self.tracker.register();
         self.tracker.metrics().received(&event);
         self.sink.send(event).await?;

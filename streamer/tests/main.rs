@@ -10,12 +10,14 @@ use serde_json::Value;
 use support::{eventually, TestDb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use walcast_streamer::backfill;
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
 use walcast_streamer::progress::Tracker;
 use walcast_streamer::sink::MemorySink;
 
 mod aws;
+mod backfill_tests;
 mod binary;
 mod faults;
 mod streaming;
@@ -29,6 +31,13 @@ pub struct Running {
     pub tracker: Tracker,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<Stopped, PipelineError>>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 impl Running {
@@ -42,12 +51,19 @@ impl Running {
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
         let sink = MemorySink::new(tracker.clone());
         let (stop, rx) = oneshot::channel::<()>();
+        let coordinator = backfill::Coordinator::new();
+        let driver = tokio::spawn(backfill::drive(
+            Arc::clone(&config),
+            coordinator.clone(),
+            tracker.clone(),
+        ));
         let pipeline = Pipeline::new(
             Arc::clone(&config),
             PgConnector::new(&config),
             sink.clone(),
             tracker.clone(),
-        );
+        )
+        .with_backfills(coordinator);
         let handle = tokio::spawn(pipeline.run(async {
             let _ = rx.await;
         }));
@@ -56,6 +72,7 @@ impl Running {
             tracker,
             stop: Some(stop),
             handle,
+            driver,
         }
     }
 

@@ -116,10 +116,24 @@ pub struct Event {
     pub table: Arc<Table>,
     /// FIFO `MessageGroupId`: `schema.table:pk…`, or its SHA-256 when SQS would refuse it.
     pub group_id: String,
-    /// The idempotency key (also the FIFO `MessageDeduplicationId`).
+    /// The idempotency key (the FIFO `MessageDeduplicationId`: see [`Event::deduplication_id`]).
     pub idempotency_key: String,
+    /// `record_pks` as JSON (`["1","a"]`): the row's identity.
+    pub pks: String,
     /// The event's JSON.
     pub payload: String,
+}
+
+impl Event {
+    /// The FIFO `MessageDeduplicationId`: the idempotency key, or its SHA-256 hex when
+    /// over the 128 characters SQS and SNS accept (a `read` of a long key).
+    pub fn deduplication_id(&self) -> std::borrow::Cow<'_, str> {
+        if self.idempotency_key.len() <= 128 {
+            std::borrow::Cow::Borrowed(&self.idempotency_key)
+        } else {
+            std::borrow::Cow::Owned(hex::encode(Sha256::digest(self.idempotency_key.as_bytes())))
+        }
+    }
 }
 
 /// The transaction the next changes belong to.
@@ -236,6 +250,47 @@ impl EventBuilder {
             RowChange::Update(old, new) => (Action::Update, new, old),
             RowChange::Delete(old) => (Action::Delete, old.tuple(), None),
         };
+        let idx = tx.next_idx;
+        tx.next_idx += 1;
+        let at = Position {
+            commit_lsn: tx.commit_lsn,
+            commit_time_micros: tx.commit_time_micros,
+            timestamp_json: &tx.commit_timestamp_json,
+            idx,
+            annotations: tx.annotations.as_deref(),
+            backfill: None,
+        };
+        self.write(table, action, record, old, at)
+    }
+
+    /// Builds the `read` event of a row a backfill read: at the position of the
+    /// backfill's high watermark (`at.commit_lsn`), numbered within its chunk.
+    pub fn build_read(
+        &self,
+        table: &Arc<Table>,
+        row: &Tuple<'_>,
+        at: &ReadAt,
+        idx: u64,
+    ) -> Result<Event, EventError> {
+        let at = Position {
+            commit_lsn: at.commit_lsn,
+            commit_time_micros: at.read_time_micros,
+            timestamp_json: &at.timestamp_json,
+            idx,
+            annotations: None,
+            backfill: Some(at.backfill_id),
+        };
+        self.write(table, Action::Read, row, None, at)
+    }
+
+    fn write(
+        &self,
+        table: &Arc<Table>,
+        action: Action,
+        record: &Tuple<'_>,
+        old: Option<&OldTuple<'_>>,
+        at: Position<'_>,
+    ) -> Result<Event, EventError> {
         let want = table.columns.len();
         for t in std::iter::once(record).chain(old.map(OldTuple::tuple)) {
             if t.len() != want {
@@ -296,37 +351,85 @@ impl EventBuilder {
         out.push_str(action.as_str());
         out.push_str("\",");
         out.push_str(&table.metadata_head);
-        out.push_str(&tx.commit_timestamp_json);
-        let idx = tx.next_idx;
-        tx.next_idx += 1;
-        let idempotency_key = change_event::idempotency_key(tx.commit_lsn, idx);
-        let _ = write!(
-            out,
-            ",\"commit_lsn\":{},\"commit_idx\":{idx},\"idempotency_key\":\"{idempotency_key}\",\"record_pks\":[",
-            tx.commit_lsn
-        );
+        out.push_str(at.timestamp_json);
+        let mut pks = String::with_capacity(16);
+        pks.push('[');
         for (n, &i) in table.primary_key.iter().enumerate() {
             if n > 0 {
-                out.push(',');
+                pks.push(',');
             }
-            write_key(&mut out, table, &table.columns[i], value_at(i))?;
+            write_key(&mut pks, table, &table.columns[i], value_at(i))?;
         }
-        out.push_str("],\"transaction_annotations\":");
-        out.push_str(tx.annotations.as_deref().unwrap_or("null"));
+        pks.push(']');
+        let idempotency_key = match at.backfill {
+            None => change_event::idempotency_key(at.commit_lsn, at.idx),
+            Some(id) => {
+                let values: Vec<String> = serde_json::from_str(&pks).unwrap_or_default();
+                change_event::read_idempotency_key(&id.to_string(), &values)
+            }
+        };
+        let _ = write!(
+            out,
+            ",\"commit_lsn\":{},\"commit_idx\":{},\"idempotency_key\":\"{idempotency_key}\",\"record_pks\":{pks}",
+            at.commit_lsn, at.idx
+        );
+        out.push_str(",\"transaction_annotations\":");
+        out.push_str(at.annotations.unwrap_or("null"));
         out.push_str(&self.suffix);
         escape_refused(&mut out);
 
         Ok(Event {
             seq: 0,
-            commit_lsn: tx.commit_lsn,
-            commit_idx: idx,
-            commit_time_micros: tx.commit_time_micros,
+            commit_lsn: at.commit_lsn,
+            commit_idx: at.idx,
+            commit_time_micros: at.commit_time_micros,
             action,
             group_id: group_id(table, &value_at),
             table: Arc::clone(table),
             idempotency_key,
+            pks,
             payload: out,
         })
+    }
+}
+
+/// Where an event sits: its transaction (or backfill chunk) and index.
+struct Position<'a> {
+    commit_lsn: u64,
+    commit_time_micros: i64,
+    timestamp_json: &'a str,
+    idx: u64,
+    annotations: Option<&'a str>,
+    /// For a `read`: the backfill's id (the idempotency key names it).
+    backfill: Option<u64>,
+}
+
+/// Where a backfill chunk's `read` events sit.
+#[derive(Debug, Clone)]
+pub struct ReadAt {
+    /// The backfill.
+    pub backfill_id: u64,
+    /// Commit LSN of the high watermark the chunk is emitted at.
+    pub commit_lsn: u64,
+    /// When the chunk was read, microseconds since the Unix epoch.
+    pub read_time_micros: i64,
+    timestamp_json: String,
+}
+
+impl ReadAt {
+    /// A chunk of backfill `backfill_id` read at `read_time_micros`, emitted at `commit_lsn`.
+    pub fn new(backfill_id: u64, commit_lsn: u64, read_time_micros: i64) -> Self {
+        let mut timestamp_json = String::with_capacity(30);
+        write_str(
+            &mut timestamp_json,
+            &change_event::format_timestamp_micros(read_time_micros),
+        );
+        ReadAt {
+            backfill_id,
+            commit_lsn,
+            read_time_micros,
+            timestamp_json,
+        }
     }
 }
 
@@ -359,6 +462,20 @@ fn write_datum(
         }
     }
     Ok(())
+}
+
+/// `record_pks` as JSON for a row image (e.g. the old key of an update that moved it).
+pub fn key_json(table: &Table, tuple: &Tuple<'_>) -> Result<String, EventError> {
+    let mut out = String::from("[");
+    for (n, &i) in table.primary_key.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let datum = tuple.get(i).copied().unwrap_or(Datum::Null);
+        write_key(&mut out, table, &table.columns[i], datum)?;
+    }
+    out.push(']');
+    Ok(out)
 }
 
 /// Appends one `record_pks` element: the JSON string of the column's value as

@@ -858,6 +858,7 @@ mod tests {
             table,
             group_id: group.into(),
             idempotency_key: format!("k{seq}"),
+            pks: String::from("[]"),
             payload: "x".repeat(payload_len),
         }
     }

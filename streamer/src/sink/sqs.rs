@@ -95,7 +95,7 @@ impl Destination for SqsQueue {
             if self.fifo {
                 e = e
                     .message_group_id(&m.event.group_id)
-                    .message_deduplication_id(&m.event.idempotency_key);
+                    .message_deduplication_id(m.event.deduplication_id());
             }
             entries.push(e.build().map_err(build_error)?);
         }

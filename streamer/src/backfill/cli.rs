@@ -1,0 +1,247 @@
+//! `streamer backfill`: request backfills of a running streamer, follow them,
+//! list them, cancel them. Talks only to the database (the progress table);
+//! the streamer whose slot the configuration names does the work.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use super::store::{Backfill, State, Store};
+use crate::config::{parse_table, Config};
+use crate::replication::catalog::Catalog;
+use crate::replication::ReplicationError;
+
+/// What the command was asked.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Backfill these tables (`schema.table`), optionally from `column >= value` on.
+    Request {
+        /// The tables.
+        tables: Vec<String>,
+        /// `COLUMN=VALUE`.
+        where_from: Option<String>,
+        /// Return once requested, without following progress.
+        detach: bool,
+    },
+    /// List this slot's backfills.
+    Status,
+    /// Cancel these backfills (all unfinished ones when empty).
+    Cancel(Vec<u64>),
+}
+
+/// Runs the command; `Err` is one line for the user.
+pub async fn run(config: &Config, command: Command) -> Result<(), ReplicationError> {
+    let mut catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    let slot = &config.source.slot;
+    match command {
+        Command::Status => {
+            let store = Store::new(catalog.client());
+            if !store.exists().await? {
+                println!("no backfill was ever requested in this database");
+                return Ok(());
+            }
+            let all = store.list(slot, true).await?;
+            if all.is_empty() {
+                println!("no backfill for slot {slot}");
+            }
+            for bf in &all {
+                println!("{}", line(bf));
+            }
+            Ok(())
+        }
+        Command::Cancel(ids) => {
+            let store = Store::new(catalog.client());
+            store.ensure().await?;
+            let n = store.cancel(slot, &ids).await?;
+            println!("cancelled {n} backfill(s)");
+            Ok(())
+        }
+        Command::Request {
+            tables,
+            where_from,
+            detach,
+        } => {
+            let wanted = validate(&mut catalog, config, &tables, where_from.as_deref()).await?;
+            let store = Store::new(catalog.client());
+            store.ensure().await?;
+            let where_from = where_from.as_deref().and_then(split_where);
+            let ids = store.request(slot, &wanted, where_from.as_ref()).await?;
+            let active = catalog
+                .slot_position(slot)
+                .await?
+                .is_some_and(|(_, active)| active);
+            for bf in store.get(&ids).await? {
+                println!("requested backfill {} of {}", bf.id, bf.qualified());
+            }
+            if !active {
+                eprintln!(
+                    "note: no streamer reads slot {slot} now: the backfill starts when `streamer run` does"
+                );
+            }
+            if detach {
+                return Ok(());
+            }
+            follow(&catalog, &ids).await
+        }
+    }
+}
+
+fn split_where(w: &str) -> Option<(String, String)> {
+    w.split_once('=')
+        .map(|(c, v)| (c.trim().to_owned(), v.to_owned()))
+}
+
+/// Each table exists, is published, has a key; the `--where-from` column exists.
+async fn validate(
+    catalog: &mut Catalog,
+    config: &Config,
+    tables: &[String],
+    where_from: Option<&str>,
+) -> Result<Vec<(String, String)>, ReplicationError> {
+    let definite = |m: String| ReplicationError::Definite(m);
+    if tables.is_empty() {
+        return Err(definite(
+            "name the tables to backfill, e.g. `streamer backfill public.users`".into(),
+        ));
+    }
+    let where_from = match where_from {
+        None => None,
+        Some(w) => Some(split_where(w).ok_or_else(|| {
+            definite(format!(
+                "--where-from {w}: expected COLUMN=VALUE, e.g. updated_at=2026-01-01"
+            ))
+        })?),
+    };
+    let publication = &config.source.publication;
+    let published = catalog.publication(publication).await?.ok_or_else(|| {
+        definite(format!(
+            "publication {publication} does not exist: start `streamer run` once (it creates it), then backfill"
+        ))
+    })?;
+    let mut out = Vec::new();
+    for t in tables {
+        let (schema, name) = parse_table(t)
+            .ok_or_else(|| definite(format!("`{t}` is not `schema.table` or `table`")))?;
+        let key = (schema.clone(), name.clone());
+        let is_published = published.all_tables
+            || published.members.contains(&key)
+            || published.tables.contains(&key);
+        if !is_published {
+            return Err(definite(format!(
+                "{schema}.{name} is not in publication {publication}, so its changes are not streamed: \
+                 add it to source.tables (the streamer adds it at its next start), then backfill it"
+            )));
+        }
+        let described = super::driver::describe(catalog, config, &schema, &name).await?;
+        if let Some((column, _)) = &where_from {
+            if !described.table.columns.iter().any(|c| &c.name == column) {
+                return Err(definite(format!(
+                    "--where-from: {schema}.{name} has no column `{column}`"
+                )));
+            }
+        }
+        out.push(key);
+    }
+    Ok(out)
+}
+
+/// One line about a backfill.
+pub fn line(bf: &Backfill) -> String {
+    let mut s = format!(
+        "backfill {} {} {}: {} rows sent",
+        bf.id,
+        bf.qualified(),
+        bf.state.as_str(),
+        bf.rows_sent
+    );
+    if let Some(total) = bf.rows_estimate.filter(|t| *t > 0) {
+        s.push_str(&format!(
+            " of ~{total} ({:.0}%)",
+            100.0 * bf.rows_sent as f64 / total as f64
+        ));
+    }
+    if let (State::Running, Some(rate)) = (bf.state, bf.rate()) {
+        s.push_str(&format!(", {rate:.0} rows/s"));
+        if let Some(eta) = bf.eta_secs() {
+            s.push_str(&format!(", ETA {eta:.0} s"));
+        }
+    }
+    if let Some(where_from) = &bf.where_from {
+        s.push_str(&format!(", from {} >= {}", where_from.0, where_from.1));
+    }
+    if let Some(e) = &bf.error {
+        s.push_str(&format!(": {e}"));
+    }
+    s
+}
+
+/// Shows progress until every backfill is final: bars on a terminal, a line
+/// every few seconds otherwise.
+async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> {
+    let store = Store::new(catalog.client());
+    let terminal = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:<28} [{bar:30}] {pos}/{len} rows {per_sec} ETA {eta} {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let mut shown: Vec<indicatif::ProgressBar> = Vec::new();
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let all = store.get(ids).await?;
+        if terminal {
+            for (i, bf) in all.iter().enumerate() {
+                if shown.len() <= i {
+                    let bar = bars.add(indicatif::ProgressBar::new(0));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(format!("{} {}", bf.id, bf.qualified()));
+                    shown.push(bar);
+                }
+                let bar = &shown[i];
+                bar.set_length(bf.rows_estimate.unwrap_or(0).max(bf.rows_sent) as u64);
+                bar.set_position(bf.rows_sent as u64);
+                bar.set_message(bf.state.as_str());
+                if bf.state.is_final() {
+                    bar.finish();
+                }
+            }
+        } else if last_line.elapsed() >= Duration::from_secs(5)
+            || all.iter().all(|b| b.state.is_final())
+        {
+            for bf in &all {
+                eprintln!("{}", line(bf));
+            }
+            last_line = std::time::Instant::now();
+        }
+        if all.iter().all(|b| b.state.is_final()) {
+            let failed: Vec<String> = all
+                .iter()
+                .filter(|b| b.state == State::Failed)
+                .map(|b| format!("{}: {}", b.qualified(), b.error.as_deref().unwrap_or("")))
+                .collect();
+            return match failed.is_empty() {
+                true => Ok(()),
+                false => Err(ReplicationError::Definite(format!(
+                    "backfill failed: {}",
+                    failed.join("; ")
+                ))),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Requests a backfill of every published table (`backfill.initial`, on the first start).
+pub async fn request_initial(config: &Config) -> Result<Vec<u64>, ReplicationError> {
+    let catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    let tables: Vec<(String, String)> = catalog
+        .published(&config.source.publication)
+        .await?
+        .into_iter()
+        .filter(|t| t.root.is_none() && t.schema != super::SCHEMA)
+        .map(|t| (t.schema, t.name))
+        .collect();
+    let store = Store::new(catalog.client());
+    store.ensure().await?;
+    store.request(&config.source.slot, &tables, None).await
+}

@@ -1,0 +1,447 @@
+//! The backfill driver: runs beside the pipeline in the streamer, reads
+//! chunks on its own SQL connection and brackets each with watermarks (see
+//! the [module documentation](super)).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::store::{Backfill, State, Store};
+use super::{Chunk, Coordinator, Mark, HIGH, LOW};
+use crate::config::Config;
+use crate::event::Table;
+use crate::progress::Tracker;
+use crate::replication::catalog::{quote_ident, Catalog, RelationInfo};
+use crate::replication::pgoutput::RelationColumn;
+use crate::replication::transport::SESSION_OPTIONS;
+use crate::replication::ReplicationError;
+
+/// Rows in the first chunk; then adapted to [`CHUNK_BUDGET`].
+const FIRST_CHUNK: usize = 1000;
+const MIN_CHUNK: usize = 100;
+const MAX_CHUNK: usize = 50_000;
+/// A chunk's text over this halves the next one (memory stays bounded).
+const MAX_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// Time one chunk should take, watermarks to accepted reads.
+const CHUNK_BUDGET: Duration = Duration::from_millis(500);
+/// How long to wait for the pipeline to see a watermark before reading the chunk again.
+const WATERMARK_WAIT: Duration = Duration::from_secs(60);
+/// How often to look for new requests.
+const POLL: Duration = Duration::from_secs(2);
+
+/// A table, as a backfill reads it.
+pub struct Described {
+    /// As the stream describes it (columns, key, group key).
+    pub table: Arc<Table>,
+    /// `format_type` of each column (for casts of key values).
+    types: Vec<String>,
+}
+
+/// Describes `schema.table` for a backfill: its columns as the stream sends them,
+/// and its key (the same as `record_pks`). Refuses a table without one.
+pub async fn describe(
+    catalog: &mut Catalog,
+    config: &Config,
+    schema: &str,
+    name: &str,
+) -> Result<Described, ReplicationError> {
+    let with_generated = catalog.server_version().await? >= 180000;
+    let row = catalog
+        .client()
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, \
+               array_agg(a.attname::text ORDER BY a.attnum), \
+               array_agg(a.atttypid ORDER BY a.attnum), \
+               array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum), \
+               coalesce((SELECT array_agg(pa.attname::text) FROM pg_index i \
+                 JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}'), \
+               coalesce((SELECT array_agg(pa.attname::text) FROM pg_index i \
+                 JOIN pg_attribute pa ON pa.attrelid = i.indrelid AND pa.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = c.oid AND i.indisreplident), '{}') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (a.attgenerated = '' OR $3) \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+             GROUP BY c.oid, c.relreplident",
+            &[&schema, &name, &with_generated],
+        )
+        .await
+        .map_err(|e| ReplicationError::Transient(format!("describing {schema}.{name}: {e}")))?;
+    let Some(row) = row else {
+        return Err(ReplicationError::Definite(format!(
+            "table {schema}.{name} does not exist"
+        )));
+    };
+    let oid: u32 = row.get(0);
+    let identity = row.get::<_, String>(1).bytes().next().unwrap_or(b'd');
+    let names: Vec<String> = row.get(2);
+    let oids: Vec<u32> = row.get(3);
+    let types: Vec<String> = row.get(4);
+    let pk: Vec<String> = row.get(5);
+    let index: Vec<String> = row.get(6);
+    let keyed: &[String] = match identity {
+        b'i' => &index,
+        b'f' => &names,
+        _ => &pk,
+    };
+    let columns: Vec<RelationColumn> = names
+        .iter()
+        .zip(&oids)
+        .map(|(n, &type_oid)| RelationColumn {
+            key: keyed.contains(n),
+            name: n.clone(),
+            type_oid,
+            type_modifier: -1,
+        })
+        .collect();
+    let relation = RelationInfo {
+        schema,
+        name,
+        replica_identity: identity,
+        columns: &columns,
+    };
+    let table = catalog
+        .table(oid, relation, |s, t| config.group_columns(s, t))
+        .await?;
+    if table.primary_key.is_empty() {
+        return Err(ReplicationError::Definite(format!(
+            "{schema}.{name} has no primary key (nor a replica identity index): a backfill reads in key \
+             order so that a row's read and its changes stay in order; add a primary key"
+        )));
+    }
+    Ok(Described {
+        table: Arc::new(table),
+        types,
+    })
+}
+
+/// Runs the backfills requested for this streamer's slot, one at a time, until the
+/// process ends. Failures of one backfill are stored with it; connection trouble is
+/// retried.
+pub async fn run(config: Arc<Config>, coordinator: Coordinator, tracker: Tracker) {
+    let mut failures = 0u32;
+    loop {
+        match poll(&config, &coordinator, &tracker).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "backfill driver interrupted; retrying");
+            }
+        }
+        tokio::time::sleep(POLL * failures.clamp(1, 15)).await;
+    }
+}
+
+async fn poll(
+    config: &Config,
+    coordinator: &Coordinator,
+    tracker: &Tracker,
+) -> Result<(), ReplicationError> {
+    let mut catalog = Catalog::connect(&config.postgres(), &config.source.slot).await?;
+    catalog
+        .client()
+        .batch_execute(&session_settings())
+        .await
+        .map_err(|e| ReplicationError::Transient(format!("backfill session settings: {e}")))?;
+    loop {
+        let store = Store::new(catalog.client());
+        if store.exists().await? {
+            for bf in store.list(&config.source.slot, false).await? {
+                backfill(&mut catalog, config, coordinator, tracker, bf).await?;
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `SET` statements equal to the replication connection's session options, so a
+/// `col::text` here is the text pgoutput sends.
+fn session_settings() -> String {
+    SESSION_OPTIONS
+        .split("-c ")
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| format!("SET {k} TO '{v}';"))
+        .collect()
+}
+
+async fn backfill(
+    catalog: &mut Catalog,
+    config: &Config,
+    coordinator: &Coordinator,
+    tracker: &Tracker,
+    mut bf: Backfill,
+) -> Result<(), ReplicationError> {
+    let described = match describe(catalog, config, &bf.schema, &bf.table).await {
+        Ok(d) => d,
+        Err(ReplicationError::Definite(why)) => {
+            tracing::error!(backfill = bf.id, table = %bf.qualified(), error = %why, "backfill failed");
+            Store::new(catalog.client())
+                .finish(bf.id, State::Failed, Some(&why))
+                .await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    Store::new(catalog.client()).start(bf.id).await?;
+    tracing::info!(backfill = bf.id, table = %bf.qualified(), from = ?bf.last_key, "backfill running");
+    let select = select_sql(&described, &bf);
+    let metrics = Arc::clone(tracker.metrics());
+    let mut size = FIRST_CHUNK;
+    let mut attempts = 0u64;
+    let started = Instant::now();
+    let sent_before = bf.rows_sent;
+    loop {
+        let store = Store::new(catalog.client());
+        if store.state(bf.id).await? == State::Cancelled {
+            tracing::info!(backfill = bf.id, "backfill cancelled");
+            metrics.backfill(&bf.qualified(), "cancelled", &bf, None);
+            return Ok(());
+        }
+        let round = Instant::now();
+        attempts += 1;
+        let mark = Mark {
+            run: coordinator.run(),
+            id: bf.id,
+            chunk: attempts,
+        };
+        let Some(read) = chunk(
+            catalog,
+            coordinator,
+            tracker,
+            &described,
+            &bf,
+            &select,
+            mark,
+            size,
+        )
+        .await?
+        else {
+            continue;
+        };
+        let Some(last_key) = read.last_key else {
+            store.finish(bf.id, State::Done, None).await?;
+            tracing::info!(backfill = bf.id, table = %bf.qualified(), rows = bf.rows_sent, "backfill done");
+            bf.state = State::Done;
+            metrics.backfill(&bf.qualified(), "done", &bf, None);
+            return Ok(());
+        };
+        let (bytes, sent) = (read.bytes, read.sent);
+        store.progress(bf.id, &last_key, sent).await?;
+        bf.rows_sent += sent as i64;
+        bf.chunks += 1;
+        bf.last_key = Some(last_key);
+        let rate = (bf.rows_sent - sent_before) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        metrics.backfill(&bf.qualified(), "running", &bf, Some(rate));
+        let full = read.rows >= size;
+        let took = round.elapsed();
+        size = if bytes > MAX_CHUNK_BYTES || took > CHUNK_BUDGET * 2 {
+            (size / 2).max(MIN_CHUNK)
+        } else if took < CHUNK_BUDGET / 2 {
+            (size * 2).min(MAX_CHUNK)
+        } else {
+            size
+        };
+        if !full {
+            store.finish(bf.id, State::Done, None).await?;
+            tracing::info!(backfill = bf.id, table = %bf.qualified(), rows = bf.rows_sent, "backfill done");
+            bf.state = State::Done;
+            metrics.backfill(&bf.qualified(), "done", &bf, None);
+            return Ok(());
+        }
+    }
+}
+
+/// `SELECT col::text, … WHERE (key) > ($1, …) [AND col >= $n] ORDER BY key LIMIT $m`.
+fn select_sql(d: &Described, bf: &Backfill) -> String {
+    let t = &d.table;
+    let cols = t
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Qualified: a bare name in ORDER BY would sort by the `::text` output column.
+    let key = t
+        .primary_key
+        .iter()
+        .map(|&i| format!("src.{}", quote_ident(&t.columns[i].name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let params = t
+        .primary_key
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| format!("${}::text::{}", n + 1, d.types[i]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n = t.primary_key.len();
+    let mut sql = format!(
+        "SELECT {cols} FROM {}.{} AS src WHERE ($1::text IS NULL OR ({key}) > ({params}))",
+        quote_ident(&t.schema),
+        quote_ident(&t.name)
+    );
+    if let Some((column, _)) = &bf.where_from {
+        let ty = t
+            .columns
+            .iter()
+            .position(|c| &c.name == column)
+            .map(|i| d.types[i].clone())
+            .unwrap_or_else(|| "text".into());
+        sql.push_str(&format!(
+            " AND src.{} >= ${}::text::{ty}",
+            quote_ident(column),
+            n + 1
+        ));
+    }
+    let limit = n + 1 + usize::from(bf.where_from.is_some());
+    sql.push_str(&format!(" ORDER BY {key} LIMIT ${limit}"));
+    sql
+}
+
+/// What one chunk read and sent.
+struct Read {
+    /// Rows read.
+    rows: usize,
+    /// Key of the last row read (where the next chunk starts); `None`: no row.
+    last_key: Option<Vec<String>>,
+    /// Text bytes read.
+    bytes: usize,
+    /// `read` events sent (rows changed inside the window are not).
+    sent: u64,
+}
+
+/// One chunk: watermarks around a read. `None` when the pipeline did not see
+/// the window whole (a reconnect): the caller reads the chunk again.
+#[allow(clippy::too_many_arguments)]
+async fn chunk(
+    catalog: &Catalog,
+    coordinator: &Coordinator,
+    tracker: &Tracker,
+    d: &Described,
+    bf: &Backfill,
+    select: &str,
+    mark: Mark,
+    size: usize,
+) -> Result<Option<Read>, ReplicationError> {
+    let client = catalog.client();
+    let content = serde_json::to_string(&mark).unwrap_or_default();
+    let emit = |prefix: &'static str| {
+        let content = content.clone();
+        async move {
+            client
+                .execute(
+                    "SELECT pg_logical_emit_message(true, $1, $2)",
+                    &[&prefix, &content],
+                )
+                .await
+                .map_err(|e| ReplicationError::Transient(format!("emitting a watermark: {e}")))
+        }
+    };
+    coordinator.expect(&d.table.qualified);
+    emit(LOW).await?;
+    // The read starts only once the pipeline is past the low watermark: every change
+    // committed before it has been streamed, and is visible to the read.
+    let seen = coordinator
+        .wait_for(WATERMARK_WAIT, |v| {
+            (v.low_seen() == Some(mark)).then_some(())
+        })
+        .await;
+    if seen.is_none() {
+        tracing::warn!(
+            backfill = bf.id,
+            chunk = mark.chunk,
+            "low watermark not seen; reading the chunk again"
+        );
+        return Ok(None);
+    }
+    let n = d.table.primary_key.len();
+    let mut params: Vec<Option<String>> = match &bf.last_key {
+        Some(k) if k.len() == n => k.iter().cloned().map(Some).collect(),
+        _ => vec![None; n],
+    };
+    if let Some((_, from)) = &bf.where_from {
+        params.push(Some(from.clone()));
+    }
+    let limit = size as i64;
+    let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as _).collect();
+    refs.push(&limit);
+    let read_time_micros = change_event_now_micros();
+    let result = client
+        .query(select, &refs)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) if db.code().code() == "42501" => ReplicationError::Definite(format!(
+                "reading {}: {}: GRANT SELECT ON {} TO the streamer's user",
+                d.table.qualified,
+                db.message(),
+                d.table.qualified
+            )),
+            Some(db) => ReplicationError::Definite(format!(
+                "reading {}: {}",
+                d.table.qualified,
+                db.message()
+            )),
+            None => ReplicationError::Transient(format!("reading {}: {e}", d.table.qualified)),
+        })?;
+    let mut bytes = 0;
+    let rows: Vec<Vec<Option<String>>> = result
+        .iter()
+        .map(|r| {
+            (0..d.table.columns.len())
+                .map(|i| {
+                    let v: Option<String> = r.get(i);
+                    bytes += v.as_ref().map_or(0, String::len);
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let read = Read {
+        rows: rows.len(),
+        last_key: rows.last().map(|last| {
+            d.table
+                .primary_key
+                .iter()
+                .map(|&i| last[i].clone().unwrap_or_default())
+                .collect()
+        }),
+        bytes,
+        sent: 0,
+    };
+    coordinator.hand_over(Chunk {
+        mark,
+        table: Arc::clone(&d.table),
+        rows,
+        read_time_micros,
+    });
+    emit(HIGH).await?;
+    let emitted = coordinator
+        .wait_for(WATERMARK_WAIT, |v| {
+            v.take_emitted().filter(|e| e.mark == mark)
+        })
+        .await;
+    let Some(emitted) = emitted else {
+        tracing::warn!(
+            backfill = bf.id,
+            chunk = mark.chunk,
+            "high watermark not seen; reading the chunk again"
+        );
+        return Ok(None);
+    };
+    let Some(sent) = emitted.sent else {
+        return Ok(None);
+    };
+    let read = Read { sent, ..read };
+    // Progress is stored only once the sink accepted every read of the chunk.
+    let mut confirmed = tracker.subscribe();
+    let _ = confirmed.wait_for(|c| *c > emitted.commit_lsn).await;
+    Ok(Some(read))
+}
+
+fn change_event_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

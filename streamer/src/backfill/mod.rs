@@ -1,0 +1,285 @@
+//! Backfills: the rows a table already holds, as `read` events, while
+//! streaming goes on (DBLog's watermarks, Netflix 2019).
+//!
+//! ```text
+//!  driver (own SQL connection)                 pipeline (the slot, in commit order)
+//!  ───────────────────────────                 ─────────────────────────────────────
+//!  emit LOW(run, id, k) ──────── WAL ────────▶ LOW: open the window (table, k)
+//!  wait until the pipeline saw LOW ◀────────── note every key changed in the table
+//!  SELECT … WHERE key > last ORDER BY key LIMIT n
+//!  hand the chunk over
+//!  emit HIGH(run, id, k) ─────── WAL ────────▶ HIGH: drop the chunk's rows whose key
+//!                                                changed in the window, send the rest
+//!                                                as `read` events right here, in order
+//!  wait until the reads are accepted ◀──────── (the high watermark's transaction
+//!  store progress (last key, rows sent)          confirms only once they are)
+//! ```
+//!
+//! **Why no read overwrites a newer change.** A change committed before LOW
+//! reached the pipeline was visible to the SELECT, which starts only after the
+//! pipeline saw LOW; its event went out before the chunk's. A change committed
+//! between LOW and HIGH may or may not be in the SELECT: its row is dropped
+//! from the chunk (its change event carries the row). A change committed after
+//! HIGH comes after the chunk in the stream. Each chunk's reads are therefore
+//! in stream order with every change of their rows, and a FIFO message group
+//! (one row) sees them in that order. The watermarks carry this process's
+//! `run` number, so after a restart the old watermarks still in the slot are
+//! ignored and the chunk is read again.
+//!
+//! **Resumable.** Progress lives in the source database
+//! ([`store`]: `walcast.backfills`), written after a chunk's reads were
+//! accepted by the sink; a restarted streamer continues after the last
+//! finished chunk. A chunk whose reads went out but whose progress was not yet
+//! written is sent again (at least once, with the same idempotency keys).
+//!
+//! **Bounded.** One chunk at a time; its size adapts to a time budget.
+
+pub mod cli;
+mod driver;
+pub mod store;
+
+pub use driver::run as drive;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::event::{ReadAt, Table};
+
+/// Prefix of the low watermark message.
+pub const LOW: &str = "walcast.backfill.low";
+/// Prefix of the high watermark message.
+pub const HIGH: &str = "walcast.backfill.high";
+/// The schema of the progress table; its tables are never streamed.
+pub const SCHEMA: &str = "walcast";
+
+/// A watermark's content: which process, backfill and chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mark {
+    /// This process's run number (watermarks of earlier runs are ignored).
+    pub run: u64,
+    /// The backfill (`walcast.backfills.id`).
+    pub id: u64,
+    /// The chunk number within the backfill.
+    pub chunk: u64,
+}
+
+/// Rows read for one chunk, waiting for their high watermark.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Whose chunk.
+    pub mark: Mark,
+    /// The table (columns as the stream has them, key, group key).
+    pub table: Arc<Table>,
+    /// Each row's values in the type's text output (`None`: NULL), in column order.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// When the rows were read, microseconds since the Unix epoch.
+    pub read_time_micros: i64,
+}
+
+impl Chunk {
+    /// Where the chunk's reads sit once the high watermark at `commit_lsn` arrived.
+    pub fn read_at(&self, commit_lsn: u64) -> ReadAt {
+        ReadAt::new(self.mark.id, commit_lsn, self.read_time_micros)
+    }
+}
+
+/// What the pipeline did with a chunk at its high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emitted {
+    /// The chunk.
+    pub mark: Mark,
+    /// Commit LSN of the high watermark's transaction: the reads are accepted
+    /// once the confirmable LSN is past it.
+    pub commit_lsn: u64,
+    /// Reads sent, or `None` when the window was not seen whole (read the chunk again).
+    pub sent: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The table the next window watches (`schema.table`), set by the driver.
+    expected: Option<String>,
+    /// The window opened by a low watermark: table and the keys changed since.
+    window: Option<(Mark, String, HashSet<String>)>,
+    low_seen: Option<Mark>,
+    pending: Option<Chunk>,
+    emitted: Option<Emitted>,
+}
+
+/// Shared by the pipeline (which sees the watermarks in the stream) and the
+/// driver (which reads chunks). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    run: u64,
+    shared: Arc<Mutex<Shared>>,
+    changed: Arc<Notify>,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Coordinator {
+    /// A coordinator with a fresh run number.
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        Coordinator {
+            // Kept below 2^53 so it survives any JSON reader.
+            run: h.finish() >> 11,
+            shared: Arc::default(),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// This process's run number.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Pipeline: a watermark message. Returns the chunk to emit at a high
+    /// watermark whose window was seen whole.
+    pub fn watermark(&self, prefix: &str, content: &[u8]) -> Option<Chunk> {
+        let Ok(mark) = serde_json::from_slice::<Mark>(content) else {
+            return None;
+        };
+        if mark.run != self.run {
+            return None;
+        }
+        let mut g = self.lock();
+        let out = match prefix {
+            LOW => {
+                let table = g.expected.clone().unwrap_or_default();
+                g.window = Some((mark, table, HashSet::new()));
+                g.low_seen = Some(mark);
+                None
+            }
+            HIGH => {
+                let whole = matches!(&g.window, Some((m, _, _)) if *m == mark);
+                let chunk = match g.pending.take() {
+                    Some(c) if c.mark == mark && whole => Some(c),
+                    _ => None,
+                };
+                if chunk.is_none() {
+                    g.window = None;
+                    g.emitted = Some(Emitted {
+                        mark,
+                        commit_lsn: 0,
+                        sent: None,
+                    });
+                }
+                chunk
+            }
+            _ => None,
+        };
+        drop(g);
+        self.wake();
+        out
+    }
+
+    /// Pipeline: a change of `table` (`schema.table`) to the row with key `pks`
+    /// (`record_pks` as JSON); recorded while a window on that table is open.
+    pub fn changed(&self, table: &str, pks: &str) {
+        let mut g = self.lock();
+        if let Some((_, t, keys)) = g.window.as_mut() {
+            if t == table {
+                keys.insert(pks.to_owned());
+            }
+        }
+    }
+
+    /// Pipeline: whether the row with key `pks` changed inside the open window.
+    pub fn changed_in_window(&self, pks: &str) -> bool {
+        let g = self.lock();
+        g.window
+            .as_ref()
+            .is_some_and(|(_, _, keys)| keys.contains(pks))
+    }
+
+    /// Pipeline: the chunk's reads were handed to the sink in the high watermark's
+    /// transaction (committed at `commit_lsn`).
+    pub fn emitted(&self, mark: Mark, commit_lsn: u64, sent: u64) {
+        let mut g = self.lock();
+        g.window = None;
+        g.emitted = Some(Emitted {
+            mark,
+            commit_lsn,
+            sent: Some(sent),
+        });
+        drop(g);
+        self.wake();
+    }
+
+    /// Driver: the table whose keys the next window records (`schema.table`).
+    pub(crate) fn expect(&self, table: &str) {
+        let mut g = self.lock();
+        g.pending = None;
+        g.emitted = None;
+        g.low_seen = None;
+        g.window = None;
+        g.expected = Some(table.to_owned());
+    }
+
+    /// Driver: hands a chunk over before emitting its high watermark.
+    pub(crate) fn hand_over(&self, chunk: Chunk) {
+        self.lock().pending = Some(chunk);
+    }
+
+    /// Driver: waits until `f` finds what it waits for.
+    pub(crate) async fn wait_for<T>(
+        &self,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&mut SharedView<'_>) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut g = self.lock();
+                let mut view = SharedView { shared: &mut g };
+                if let Some(v) = f(&mut view) {
+                    return Some(v);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// What the driver may look at while waiting.
+pub(crate) struct SharedView<'a> {
+    shared: &'a mut Shared,
+}
+
+impl SharedView<'_> {
+    /// The last low watermark the pipeline saw.
+    pub(crate) fn low_seen(&self) -> Option<Mark> {
+        self.shared.low_seen
+    }
+    /// Takes what the pipeline did with the last high watermark.
+    pub(crate) fn take_emitted(&mut self) -> Option<Emitted> {
+        self.shared.emitted.take()
+    }
+}
