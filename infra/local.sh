@@ -126,11 +126,13 @@ source:
 sink:
   type: $kind
   name: local_$kind
+  $(if [ "$kind" = sqs ]; then echo "queue_url: $(output QueueUrl)"; else echo "topic_arn: $(output TopicArn)"; fi)
+  endpoint_url: $endpoint
+  region: eu-west-1
+  access_key_id: test
+  secret_access_key: test
 YAML
-  if [ "$kind" = sqs ]; then target=(WALCAST_SINK_QUEUE_URL="$(output QueueUrl)"); else target=(WALCAST_SINK_TOPIC_ARN="$(output TopicArn)"); fi
-  env "${target[@]}" WALCAST_SINK_ENDPOINT_URL="$endpoint" WALCAST_SINK_REGION=eu-west-1 \
-    WALCAST_SINK_ACCESS_KEY_ID=test WALCAST_SINK_SECRET_ACCESS_KEY=test \
-    "$build/streamer" run --config "$work/streamer-$kind.yaml" >"$work/streamer-$kind.log" 2>&1 &
+  "$build/streamer" run --config "$work/streamer-$kind.yaml" >"$work/streamer-$kind.log" 2>&1 &
   pids+=($!)
 }
 follow_logs() { # follow_logs LOG_GROUP PREFIX
@@ -173,6 +175,10 @@ echo "Write to the database and watch them:"
 echo "  psql -h 127.0.0.1 -p $port -U postgres -d postgres"
 echo "  (an order with a negative total is rejected by the example handlers: consumer-sqs retries it,"
 echo "   then the queue moves it to the DLQ after 5 receives, ~15 min with the template's 180 s visibility timeout)"
+echo "Backfill the rows the tables already hold (read events reach the handlers):"
+for kind in "${kinds[@]}"; do
+  echo "  $build/streamer backfill --config $work/streamer-$kind.yaml public.users public.orders"
+done
 echo "AWS endpoint (MiniStack): $endpoint   stack outputs: $work/stack.json"
 echo "streamer logs: $work/streamer-*.log   MiniStack log: $work/ministack.log"
 echo "Ctrl-C to stop."

@@ -295,6 +295,12 @@ async fn check_with(
     for warning in catalog.stream_warnings(publication, &tables).await? {
         push(out, Level::Warn, warning);
     }
+    let store = crate::backfill::store::Store::new(db);
+    if store.exists().await.unwrap_or(false) {
+        for bf in store.list(slot, false).await.unwrap_or_default() {
+            push(out, Level::Ok, crate::backfill::cli::line(&bf));
+        }
+    }
     if let Ok(Some((lsn, active))) = catalog.slot_position(slot).await {
         tracing::debug!(confirmed = %format_lsn(lsn), active, "slot position");
     }

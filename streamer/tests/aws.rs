@@ -34,6 +34,13 @@ struct AwsRun {
     tracker: Tracker,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<Stopped, PipelineError>>,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for AwsRun {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 impl AwsRun {
@@ -52,6 +59,12 @@ impl AwsRun {
         let shutdown = async {
             let _ = rx.await;
         };
+        let coordinator = walcast_streamer::backfill::Coordinator::new();
+        let driver = tokio::spawn(walcast_streamer::backfill::drive(
+            Arc::clone(&config),
+            coordinator.clone(),
+            tracker.clone(),
+        ));
         let handle = if let Some(url) = &config.sink.queue_url {
             let q = SqsQueue::connect(&config.sink, url).await.expect("queue");
             let sink = AwsSink::start(q, dlq, tracker.clone());
@@ -60,7 +73,8 @@ impl AwsRun {
                 PgConnector::new(&config),
                 sink,
                 tracker.clone(),
-            );
+            )
+            .with_backfills(coordinator.clone());
             tokio::spawn(p.run(shutdown))
         } else {
             let arn = config.sink.topic_arn.clone().expect("topic");
@@ -71,13 +85,15 @@ impl AwsRun {
                 PgConnector::new(&config),
                 sink,
                 tracker.clone(),
-            );
+            )
+            .with_backfills(coordinator.clone());
             tokio::spawn(p.run(shutdown))
         };
         AwsRun {
             tracker,
             stop: Some(stop),
             handle,
+            driver,
         }
     }
 
@@ -835,6 +851,44 @@ async fn characters_sqs_refuses_are_escaped() {
         got[0].attributes.get("table_name").map(String::as_str),
         Some("odd\\uffff")
     );
+    run.stop().await;
+    db.drop_db().await;
+}
+
+/// A backfill through the SQS path: every row as a `read` on the FIFO queue, with
+/// the attributes of any event, while a change to one row keeps its order.
+#[tokio::test]
+async fn backfill_reaches_a_fifo_queue() {
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (url, _) = create_queue(&sqs, &format!("{}.fifo", unique("bf"))).await;
+    let db = TestDb::new("aws_bf").await;
+    db.exec(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 2000) g;",
+    )
+    .await;
+    let extra = format!("  tables: [t]\n{}", emu.sink_yaml("sqs", &url, ""));
+    let run = AwsRun::start(&db, &extra).await;
+    walcast_streamer::backfill::cli::run(
+        &Config::load(Some(&db.config_yaml(&extra)), Vec::new()).expect("config"),
+        walcast_streamer::backfill::cli::Command::Request {
+            tables: vec!["t".into()],
+            where_from: None,
+            detach: true,
+        },
+    )
+    .await
+    .expect("backfill requested");
+    let got = receive(&sqs, &url, 2000).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for m in &got {
+        check_attributes(m, "t");
+        let e = m.event();
+        assert_eq!(e.action, Action::Read);
+        ids.insert(int(&e, "id"));
+    }
+    assert_eq!(ids.len(), 2000);
     run.stop().await;
     db.drop_db().await;
 }

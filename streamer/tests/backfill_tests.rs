@@ -64,7 +64,11 @@ fn id(e: &ChangeEvent) -> i64 {
 /// older value than a change delivered before it (values only grow).
 #[tokio::test]
 async fn backfill_under_concurrent_writers_gives_the_final_state() {
-    const ROWS: i64 = 200_000;
+    // WALCAST_BACKFILL_TEST_ROWS=1000000 for the full-size run.
+    let rows_env = std::env::var("WALCAST_BACKFILL_TEST_ROWS").ok();
+    let rows: i64 = rows_env.and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    #[allow(non_snake_case)]
+    let ROWS = rows;
     let db = TestDb::new("bf_writers").await;
     db.exec(&format!(
         "CREATE TABLE t (id bigint PRIMARY KEY, v bigint NOT NULL, pad text);
@@ -95,7 +99,7 @@ async fn backfill_under_concurrent_writers_gives_the_final_state() {
             n
         }));
     }
-    let states = finished(&db, Duration::from_secs(240)).await;
+    let states = finished(&db, Duration::from_secs(900)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut writes = 0;
     for w in writers {
@@ -201,6 +205,101 @@ async fn backfill_quiet_table_sends_every_row() {
     let ev = events(&run);
     let ids: std::collections::BTreeSet<i64> = ev.iter().map(id).collect();
     assert_eq!((ev.len(), ids.len()), (30000, 30000));
+    run.stop().await;
+    db.drop_db().await;
+}
+
+/// Partial (from a sort column's value on), a composite key, and the refusals:
+/// a table that is not published, a table without a key.
+#[tokio::test]
+async fn partial_composite_and_refused_backfills() {
+    let db = TestDb::new("bf_shapes").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, updated_at date NOT NULL);
+         INSERT INTO items SELECT i, date '2026-01-01' + i FROM generate_series(1, 300) i;
+         CREATE TABLE pairs (a int, b text, v int, PRIMARY KEY (a, b));
+         INSERT INTO pairs SELECT i % 7, 'k' || i, i FROM generate_series(1, 500) i;
+         CREATE TABLE loose (v text); ALTER TABLE loose REPLICA IDENTITY FULL;
+         CREATE TABLE unpublished (id int PRIMARY KEY);",
+    )
+    .await;
+    let extra = "  tables: [items, pairs, loose]\n";
+    let run = Running::start(&db, extra).await;
+    // Several tables in one request; one of them partial.
+    request(&db, extra, &["items"], Some("updated_at=2026-10-01")).await;
+    request(&db, extra, &["pairs"], None).await;
+    assert_eq!(finished(&db, WAIT).await, [State::Done, State::Done]);
+    let ev = events(&run);
+    let items: Vec<&ChangeEvent> = ev
+        .iter()
+        .filter(|e| e.metadata.table_name == "items")
+        .collect();
+    // 2026-10-01 is day 273 of 2026: ids 273..=300.
+    assert_eq!(items.len(), 28);
+    assert!(items
+        .iter()
+        .all(|e| e.action == Action::Read && id(e) >= 273));
+    let pairs: Vec<&ChangeEvent> = ev
+        .iter()
+        .filter(|e| e.metadata.table_name == "pairs")
+        .collect();
+    assert_eq!(pairs.len(), 500);
+    let bf = Store::new(&db.client)
+        .list(&format!("s_{}", db.name), true)
+        .await
+        .expect("list");
+    let pair_id = bf[1].id.to_string();
+    for e in &pairs {
+        let (a, b) = (
+            e.record["a"].as_i64().expect("a").to_string(),
+            e.record["b"].as_str().expect("b").to_string(),
+        );
+        assert_eq!(e.metadata.record_pks, [a.clone(), b.clone()]);
+        assert_eq!(
+            e.metadata.idempotency_key,
+            change_event::read_idempotency_key(&pair_id, &[a, b])
+        );
+        assert_eq!(e.changes, None);
+    }
+    // In key order: (a, b) ascending.
+    let keys: Vec<(i64, String)> = pairs
+        .iter()
+        .map(|e| {
+            (
+                e.record["a"].as_i64().expect("a"),
+                e.record["b"].as_str().expect("b").to_owned(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+
+    let refused = |tables: &'static [&'static str]| {
+        let cfg = config(&db.config_yaml(extra));
+        async move {
+            cli::run(
+                &cfg,
+                Command::Request {
+                    tables: tables.iter().map(|t| t.to_string()).collect(),
+                    where_from: None,
+                    detach: true,
+                },
+            )
+            .await
+            .expect_err("refused")
+            .to_string()
+        }
+    };
+    let e = refused(&["unpublished"]).await;
+    assert!(
+        e.contains("public.unpublished is not in publication") && e.contains("source.tables"),
+        "{e}"
+    );
+    let e = refused(&["loose"]).await;
+    assert!(e.contains("public.loose has no primary key"), "{e}");
+    let e = refused(&["nope"]).await;
+    assert!(e.contains("does not exist"), "{e}");
     run.stop().await;
     db.drop_db().await;
 }

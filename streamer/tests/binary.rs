@@ -446,3 +446,111 @@ async fn no_configuration_says_how_to_give_one() {
         "{err}"
     );
 }
+
+/// A backfill survives kill -9 three times: each restart continues after the last
+/// finished chunk (never from zero), and every row arrives.
+#[tokio::test]
+async fn backfill_resumes_after_kill_9() {
+    const ROWS: usize = 150_000;
+    let db = TestDb::new("bin_bf").await;
+    db.exec(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, repeat('v', 20) FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = write_config(
+        &db,
+        dir.path(),
+        &format!("  tables: [t]\nhttp:\n  listen: {addr}\n"),
+    );
+    let mut s = Streamer::start(&config, dir.path(), 1);
+    eventually(WAIT, || async { healthz(&addr) }).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["backfill", "t", "--detach", "--config"])
+        .arg(&config)
+        .output()
+        .expect("streamer backfill");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = || async {
+        db.client
+            .query_one("SELECT rows_sent FROM walcast.backfills", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    let mut stored = 0;
+    for (run, at_least) in [(2u32, 20_000i64), (3, 50_000), (4, 80_000)] {
+        eventually(Duration::from_secs(120), || async {
+            sent().await >= at_least
+        })
+        .await;
+        if run == 2 {
+            let m = http_get(&addr, "/metrics");
+            assert!(
+                m.contains("walcast_backfill_rows_sent{table=\"public.t\"}"),
+                "{m}"
+            );
+            assert!(
+                m.contains("walcast_backfill_state{table=\"public.t\",state=\"running\"} 1"),
+                "{m}"
+            );
+        }
+        s.signal("-KILL");
+        s.wait_exit().await;
+        let now = sent().await;
+        assert!(now >= stored, "progress never goes back: {now} < {stored}");
+        stored = now;
+        s = Streamer::start(&config, dir.path(), run);
+        // The first read after the restart comes after the stored position.
+        eventually(Duration::from_secs(120), || async {
+            s.lines()
+                .iter()
+                .any(|e| e.action == change_event::Action::Read)
+        })
+        .await;
+        let first = s
+            .lines()
+            .into_iter()
+            .find(|e| e.action == change_event::Action::Read)
+            .map(|e| id_of(&e))
+            .expect("a read");
+        assert!(first > 1, "run {run} started the backfill from zero");
+    }
+    eventually(Duration::from_secs(180), || async {
+        db.client
+            .query_one("SELECT state FROM walcast.backfills", &[])
+            .await
+            .map(|r| r.get::<_, String>(0) == "done")
+            .unwrap_or(false)
+    })
+    .await;
+    let text = Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["backfill", "--status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&text.stdout);
+    assert!(status.contains("public.t done"), "{status}");
+    s.signal("-TERM");
+    s.wait_exit().await;
+    let mut seen = std::collections::BTreeSet::new();
+    for run in 1..=4 {
+        for e in read_events(&dir.path().join(format!("out-{run}.jsonl"))) {
+            if e.action == change_event::Action::Read {
+                seen.insert(id_of(&e));
+            }
+        }
+    }
+    assert_eq!(seen.len(), ROWS, "every row arrived");
+    db.drop_db().await;
+}

@@ -121,6 +121,7 @@ async fn validate(
     for t in tables {
         let (schema, name) = parse_table(t)
             .ok_or_else(|| definite(format!("`{t}` is not `schema.table` or `table`")))?;
+        let described = super::driver::describe(catalog, config, &schema, &name).await?;
         let key = (schema.clone(), name.clone());
         let is_published = published.all_tables
             || published.members.contains(&key)
@@ -131,7 +132,6 @@ async fn validate(
                  add it to source.tables (the streamer adds it at its next start), then backfill it"
             )));
         }
-        let described = super::driver::describe(catalog, config, &schema, &name).await?;
         if let Some((column, _)) = &where_from {
             if !described.table.columns.iter().any(|c| &c.name == column) {
                 return Err(definite(format!(

@@ -109,7 +109,19 @@ pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> 
             ))
         }
         // Not from the server: the connection failed or closed (the OS error is a source).
-        None => ReplicationError::Transient(format!("{context}: {}", error_chain(e))),
+        None => {
+            let chain = error_chain(e);
+            let hint = if chain.contains("Connection refused") {
+                ": is Postgres listening there? Check the host and port in source.url"
+            } else if chain.contains("lookup address")
+                || chain.contains("Name or service not known")
+            {
+                ": check the host name in source.url"
+            } else {
+                ""
+            };
+            ReplicationError::Transient(format!("{context}: {chain}{hint}"))
+        }
     }
 }
 
