@@ -164,24 +164,36 @@ fn session_settings() -> String {
         .collect()
 }
 
+/// One backfill to its end; a definite failure is stored with it (and ends it).
 async fn backfill(
+    catalog: &mut Catalog,
+    config: &Config,
+    coordinator: &Coordinator,
+    tracker: &Tracker,
+    bf: Backfill,
+) -> Result<(), ReplicationError> {
+    let (id, table) = (bf.id, bf.qualified());
+    let failed = bf.clone();
+    match send_all(catalog, config, coordinator, tracker, bf).await {
+        Err(ReplicationError::Definite(why)) => {
+            tracing::error!(backfill = id, table = %table, error = %why, "backfill failed");
+            tracker.metrics().backfill(&table, "failed", &failed, None);
+            Store::new(catalog.client())
+                .finish(id, State::Failed, Some(&why))
+                .await
+        }
+        other => other,
+    }
+}
+
+async fn send_all(
     catalog: &mut Catalog,
     config: &Config,
     coordinator: &Coordinator,
     tracker: &Tracker,
     mut bf: Backfill,
 ) -> Result<(), ReplicationError> {
-    let described = match describe(catalog, config, &bf.schema, &bf.table).await {
-        Ok(d) => d,
-        Err(ReplicationError::Definite(why)) => {
-            tracing::error!(backfill = bf.id, table = %bf.qualified(), error = %why, "backfill failed");
-            Store::new(catalog.client())
-                .finish(bf.id, State::Failed, Some(&why))
-                .await?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    let described = describe(catalog, config, &bf.schema, &bf.table).await?;
     Store::new(catalog.client()).start(bf.id).await?;
     tracing::info!(backfill = bf.id, table = %bf.qualified(), from = ?bf.last_key, "backfill running");
     let select = select_sql(&described, &bf);

@@ -41,6 +41,7 @@ pub mod store;
 pub use driver::run as drive;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -115,6 +116,8 @@ pub struct Coordinator {
     run: u64,
     shared: Arc<Mutex<Shared>>,
     changed: Arc<Notify>,
+    /// A window is open: changes must be looked at (the fast path of every change).
+    open: Arc<AtomicBool>,
 }
 
 impl Default for Coordinator {
@@ -139,6 +142,7 @@ impl Coordinator {
             run: h.finish() >> 11,
             shared: Arc::default(),
             changed: Arc::new(Notify::new()),
+            open: Arc::default(),
         }
     }
 
@@ -170,6 +174,7 @@ impl Coordinator {
                 let table = g.expected.clone().unwrap_or_default();
                 g.window = Some((mark, table, HashSet::new()));
                 g.low_seen = Some(mark);
+                self.open.store(true, Ordering::Release);
                 None
             }
             HIGH => {
@@ -180,6 +185,7 @@ impl Coordinator {
                 };
                 if chunk.is_none() {
                     g.window = None;
+                    self.open.store(false, Ordering::Release);
                     g.emitted = Some(Emitted {
                         mark,
                         commit_lsn: 0,
@@ -198,6 +204,9 @@ impl Coordinator {
     /// Pipeline: a change of `table` (`schema.table`) to the row with key `pks`
     /// (`record_pks` as JSON); recorded while a window on that table is open.
     pub fn changed(&self, table: &str, pks: &str) {
+        if !self.open.load(Ordering::Acquire) {
+            return;
+        }
         let mut g = self.lock();
         if let Some((_, t, keys)) = g.window.as_mut() {
             if t == table {
@@ -219,6 +228,7 @@ impl Coordinator {
     pub fn emitted(&self, mark: Mark, commit_lsn: u64, sent: u64) {
         let mut g = self.lock();
         g.window = None;
+        self.open.store(false, Ordering::Release);
         g.emitted = Some(Emitted {
             mark,
             commit_lsn,
@@ -235,6 +245,7 @@ impl Coordinator {
         g.emitted = None;
         g.low_seen = None;
         g.window = None;
+        self.open.store(false, Ordering::Release);
         g.expected = Some(table.to_owned());
     }
 
@@ -281,5 +292,80 @@ impl SharedView<'_> {
     /// Takes what the pipeline did with the last high watermark.
     pub(crate) fn take_emitted(&mut self) -> Option<Emitted> {
         self.shared.emitted.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Column, TypeKind};
+
+    fn chunk(mark: Mark) -> Chunk {
+        Chunk {
+            mark,
+            table: Arc::new(Table::new(
+                1,
+                "public".into(),
+                "t".into(),
+                vec![Column::new("id".into(), TypeKind::Integer, true)],
+                vec![0],
+                vec![],
+            )),
+            rows: vec![vec![Some("1".into())]],
+            read_time_micros: 0,
+        }
+    }
+
+    fn content(m: Mark) -> Vec<u8> {
+        serde_json::to_vec(&m).expect("json")
+    }
+
+    #[test]
+    fn a_chunk_goes_out_only_at_the_high_watermark_of_a_window_seen_whole() {
+        let c = Coordinator::new();
+        let m = Mark {
+            run: c.run(),
+            id: 7,
+            chunk: 1,
+        };
+        c.expect("public.t");
+        c.changed("public.t", "[\"9\"]"); // before the window: not recorded
+        assert!(c.watermark(LOW, &content(m)).is_none());
+        c.changed("public.t", "[\"1\"]");
+        c.changed("public.other", "[\"2\"]");
+        c.hand_over(chunk(m));
+        let out = c.watermark(HIGH, &content(m)).expect("the chunk");
+        assert_eq!(out.mark, m);
+        assert!(c.changed_in_window("[\"1\"]"));
+        assert!(!c.changed_in_window("[\"2\"]") && !c.changed_in_window("[\"9\"]"));
+        c.emitted(m, 100, 0);
+        assert!(!c.changed_in_window("[\"1\"]"), "the window closed");
+    }
+
+    #[test]
+    fn watermarks_of_another_run_or_a_window_not_seen_are_ignored() {
+        let c = Coordinator::new();
+        let m = Mark {
+            run: c.run(),
+            id: 7,
+            chunk: 2,
+        };
+        let old = Mark {
+            run: c.run() ^ 1,
+            ..m
+        };
+        c.expect("public.t");
+        assert!(c.watermark(LOW, &content(old)).is_none());
+        c.hand_over(chunk(m));
+        // HIGH without its LOW (a reconnect skipped it): no chunk, read it again.
+        assert!(c.watermark(HIGH, &content(m)).is_none());
+        let mut view_emitted = None;
+        {
+            let mut g = c.lock();
+            let mut v = SharedView { shared: &mut g };
+            view_emitted = view_emitted.or(v.take_emitted());
+        }
+        assert_eq!(view_emitted.map(|e| e.sent), Some(None));
+        assert!(c.watermark(HIGH, b"not json").is_none());
     }
 }
