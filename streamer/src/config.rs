@@ -77,6 +77,9 @@ pub struct Config {
     /// The operations listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Metrics beyond `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -199,6 +202,31 @@ pub struct BackfillConfig {
     pub initial: bool,
 }
 
+/// `metrics:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Write CloudWatch Embedded Metric Format lines to the log (needs `log.format: json`).
+    #[serde(default)]
+    pub cloudwatch: bool,
+    /// How often, in seconds.
+    #[serde(default = "default_metrics_interval")]
+    pub interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            cloudwatch: false,
+            interval_secs: default_metrics_interval(),
+        }
+    }
+}
+
+fn default_metrics_interval() -> u64 {
+    60
+}
+
 /// `http:` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +328,18 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
         "initial",
         Kind::Bool,
     ),
+    (
+        "WALCAST_METRICS_CLOUDWATCH",
+        "metrics",
+        "cloudwatch",
+        Kind::Bool,
+    ),
+    (
+        "WALCAST_METRICS_INTERVAL_SECS",
+        "metrics",
+        "interval_secs",
+        Kind::Number,
+    ),
     ("WALCAST_HTTP_LISTEN", "http", "listen", Kind::Text),
     ("WALCAST_LOG_FORMAT", "log", "format", Kind::Text),
     ("WALCAST_LOG_LEVEL", "log", "level", Kind::Text),
@@ -362,10 +402,11 @@ impl Config {
         }
         // A typo in a configuration variable must not pass silently; other WALCAST_*
         // variables (WALCAST_CONFIG, the tooling's WALCAST_TOOLS, …) are not ours to judge.
-        const SECTIONS: [&str; 5] = [
+        const SECTIONS: [&str; 6] = [
             "WALCAST_SOURCE_",
             "WALCAST_SINK_",
             "WALCAST_BACKFILL_",
+            "WALCAST_METRICS_",
             "WALCAST_HTTP_",
             "WALCAST_LOG_",
         ];
@@ -469,6 +510,15 @@ impl Config {
                     format!("`{table}` lists no column"),
                 ));
             }
+        }
+        if self.metrics.cloudwatch && self.log.format != LogFormat::Json {
+            return Err(field(
+                "metrics.cloudwatch",
+                "CloudWatch reads metrics from JSON log lines: set log.format: json",
+            ));
+        }
+        if self.metrics.interval_secs == 0 {
+            return Err(field("metrics.interval_secs", "must be at least 1"));
         }
         if let Some(addr) = &self.http.listen {
             addr.parse::<SocketAddr>().map_err(|_| {

@@ -199,6 +199,14 @@ async fn run(
         );
     }
     let tracker = Tracker::new(slot.confirmed_flush_lsn);
+    if config.metrics.cloudwatch {
+        tokio::spawn(ops::emf::write(
+            tracker.clone(),
+            config.source.slot.clone(),
+            config.sink.name.clone(),
+            std::time::Duration::from_secs(config.metrics.interval_secs),
+        ));
+    }
     if let Some(addr) = &config.http.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

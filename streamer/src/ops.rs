@@ -497,3 +497,302 @@ pub async fn probe_lag(pg: crate::config::Postgres, slot: String, metrics: Arc<M
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }
+
+/// CloudWatch Embedded Metric Format: the key figures as log lines that
+/// CloudWatch Logs turns into metrics (namespace `walcast`), so an ECS task
+/// needs no agent or scraper. Counts are per interval (deltas).
+pub mod emf {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    use super::{Metrics, TableCounters, BUCKETS};
+    use crate::progress::Tracker;
+
+    /// The metric names, for dashboards (kept in step with `infra/metrics-emf.txt`).
+    pub const METRICS: [&str; 8] = [
+        "EventsReceived",
+        "EventsDelivered",
+        "EventsFailed",
+        "EventsDeadLettered",
+        "DeliveryLatency",
+        "ReplicationLagBytes",
+        "EventsInFlight",
+        "BackfillRowsSent",
+    ];
+
+    /// What the previous interval had, to report deltas.
+    #[derive(Debug, Default)]
+    pub struct Previous {
+        tables: BTreeMap<String, TableCounters>,
+        buckets: Vec<u64>,
+        backfills: BTreeMap<String, i64>,
+    }
+
+    fn json_str(s: &str) -> String {
+        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    }
+
+    fn head(out: &mut String, millis: u128, dims: &[&str], metrics: &[(&str, &str)]) {
+        let dims = dims
+            .iter()
+            .map(|d| json_str(d))
+            .collect::<Vec<_>>()
+            .join(",");
+        let metrics = metrics
+            .iter()
+            .map(|(n, u)| format!("{{\"Name\":{},\"Unit\":{}}}", json_str(n), json_str(u)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = write!(
+            out,
+            "{{\"_aws\":{{\"Timestamp\":{millis},\"CloudWatchMetrics\":[{{\"Namespace\":\"walcast\",\"Dimensions\":[[{dims}]],\"Metrics\":[{metrics}]}}]}}"
+        );
+    }
+
+    /// The EMF documents for one interval (one JSON object per line).
+    pub fn lines(
+        metrics: &Metrics,
+        tracker: &Tracker,
+        slot: &str,
+        sink: &str,
+        prev: &mut Previous,
+    ) -> Vec<String> {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let tables = metrics.tables.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut totals = [0u64; 4];
+        let counts = [
+            (
+                "EventsReceived",
+                (|c: &TableCounters| c.received.iter().sum()) as fn(&TableCounters) -> u64,
+            ),
+            ("EventsDelivered", |c: &TableCounters| c.delivered),
+            ("EventsFailed", |c: &TableCounters| c.failed),
+            ("EventsDeadLettered", |c: &TableCounters| c.dead_lettered),
+        ];
+        for (table, now) in &tables {
+            let before = prev.tables.get(table).cloned().unwrap_or_default();
+            let mut line = String::new();
+            head(
+                &mut line,
+                millis,
+                &["Slot", "Sink", "Table"],
+                &counts.map(|(n, _)| (n, "Count")),
+            );
+            let _ = write!(
+                line,
+                ",\"Slot\":{},\"Sink\":{},\"Table\":{}",
+                json_str(slot),
+                json_str(sink),
+                json_str(table)
+            );
+            for (i, (name, get)) in counts.iter().enumerate() {
+                let delta = get(now).saturating_sub(get(&before));
+                totals[i] += delta;
+                let _ = write!(line, ",\"{name}\":{delta}");
+            }
+            line.push('}');
+            out.push(line);
+        }
+        prev.tables = tables;
+
+        // Per slot and sink: totals, in flight, and the latency distribution as up to
+        // 100 values (bucket bounds, each as often as its share), so CloudWatch's
+        // percentile statistics work on it.
+        let cumulative = metrics
+            .latency
+            .lock()
+            .map(|l| l.0.to_vec())
+            .unwrap_or_default();
+        let delta: Vec<u64> = cumulative
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| n.saturating_sub(prev.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        let per_bucket: Vec<u64> = delta
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| d.saturating_sub(if i == 0 { 0 } else { delta[i - 1] }))
+            .collect();
+        prev.buckets = cumulative;
+        let total: u64 = per_bucket.iter().sum();
+        let mut values = Vec::new();
+        if total > 0 {
+            for (i, &n) in per_bucket.iter().enumerate() {
+                let share = ((n as f64 / total as f64) * 100.0).round() as usize;
+                let share = if n > 0 { share.max(1) } else { 0 };
+                for _ in 0..share {
+                    values.push(format!("{}", BUCKETS[i] * 1000.0));
+                }
+            }
+            values.truncate(100);
+        }
+        let mut line = String::new();
+        let mut names: Vec<(&str, &str)> = counts.iter().map(|(n, _)| (*n, "Count")).collect();
+        names.push(("EventsInFlight", "Count"));
+        if !values.is_empty() {
+            names.push(("DeliveryLatency", "Milliseconds"));
+        }
+        head(&mut line, millis, &["Slot", "Sink"], &names);
+        let _ = write!(
+            line,
+            ",\"Slot\":{},\"Sink\":{}",
+            json_str(slot),
+            json_str(sink)
+        );
+        for (i, (name, _)) in counts.iter().enumerate() {
+            let _ = write!(line, ",\"{name}\":{}", totals[i]);
+        }
+        let _ = write!(line, ",\"EventsInFlight\":{}", tracker.in_flight());
+        if !values.is_empty() {
+            let _ = write!(line, ",\"DeliveryLatency\":[{}]", values.join(","));
+        }
+        line.push('}');
+        out.push(line);
+
+        let lag = metrics.lag_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if lag >= 0 {
+            let mut line = String::new();
+            head(
+                &mut line,
+                millis,
+                &["Slot"],
+                &[("ReplicationLagBytes", "Bytes")],
+            );
+            let _ = write!(
+                line,
+                ",\"Slot\":{},\"ReplicationLagBytes\":{lag}}}",
+                json_str(slot)
+            );
+            out.push(line);
+        }
+        let backfills = metrics
+            .backfills
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        for (table, g) in &backfills {
+            let before = prev.backfills.get(table).copied().unwrap_or(0);
+            let mut line = String::new();
+            head(
+                &mut line,
+                millis,
+                &["Slot", "Table"],
+                &[("BackfillRowsSent", "Count")],
+            );
+            let _ = write!(
+                line,
+                ",\"Slot\":{},\"Table\":{},\"BackfillRowsSent\":{}}}",
+                json_str(slot),
+                json_str(table),
+                (g.rows_sent - before).max(0)
+            );
+            prev.backfills.insert(table.clone(), g.rows_sent);
+            out.push(line);
+        }
+        out
+    }
+
+    /// Writes the documents to stderr (the task's log stream) every `interval`, until dropped.
+    pub async fn write(tracker: Tracker, slot: String, sink: String, interval: Duration) {
+        let mut prev = Previous::default();
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let lines = lines(tracker.metrics(), &tracker, &slot, &sink, &mut prev);
+            let mut err = std::io::stderr().lock();
+            for l in lines {
+                let _ = writeln!(err, "{l}");
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::event::{Column, Event, Table, TypeKind};
+        use std::sync::Arc;
+
+        fn event(seq: u64) -> Event {
+            Event {
+                seq,
+                commit_lsn: 1,
+                commit_idx: seq,
+                commit_time_micros: super::super::now_micros() - 5_000,
+                action: change_event::Action::Insert,
+                table: Arc::new(Table::new(
+                    1,
+                    "public".into(),
+                    "users".into(),
+                    vec![Column::new("id".into(), TypeKind::Integer, true)],
+                    vec![0],
+                    vec![],
+                )),
+                group_id: "g".into(),
+                idempotency_key: "k".into(),
+                pks: "[\"1\"]".into(),
+                payload: "{}".into(),
+            }
+        }
+
+        #[test]
+        fn documents_follow_the_embedded_metric_format_with_deltas() {
+            let tracker = Tracker::new(0);
+            let m = tracker.metrics();
+            for seq in 0..3 {
+                m.received(&event(seq));
+                m.delivered(&event(seq));
+            }
+            m.set_lag(4096);
+            let mut prev = Previous::default();
+            let docs: Vec<serde_json::Value> =
+                lines(m, &tracker, "walcast", "users_sqs", &mut prev)
+                    .iter()
+                    .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+                    .collect();
+            assert_eq!(docs.len(), 3, "per table, per sink, lag");
+            for d in &docs {
+                let directive = &d["_aws"]["CloudWatchMetrics"][0];
+                assert_eq!(directive["Namespace"], "walcast");
+                assert!(d["_aws"]["Timestamp"].as_u64().is_some());
+                for dim in directive["Dimensions"][0].as_array().expect("dimensions") {
+                    assert!(d[dim.as_str().expect("name")].is_string(), "{d}");
+                }
+                for metric in directive["Metrics"].as_array().expect("metrics") {
+                    let name = metric["Name"].as_str().expect("name");
+                    assert!(METRICS.contains(&name), "{name}");
+                    assert!(d[name].is_number() || d[name].is_array(), "{d}");
+                }
+            }
+            assert_eq!(docs[0]["Table"], "public.users");
+            assert_eq!(docs[0]["EventsDelivered"], 3);
+            assert_eq!(docs[1]["EventsReceived"], 3);
+            let latency = docs[1]["DeliveryLatency"]
+                .as_array()
+                .expect("latency values");
+            assert!(!latency.is_empty() && latency.len() <= 100);
+            assert_eq!(docs[2]["ReplicationLagBytes"], 4096);
+            // The next interval reports what happened since.
+            m.delivered(&event(9));
+            let again = lines(m, &tracker, "walcast", "users_sqs", &mut prev);
+            let per_table: serde_json::Value = serde_json::from_str(&again[0]).expect("json");
+            assert_eq!(per_table["EventsDelivered"], 1);
+            assert_eq!(per_table["EventsReceived"], 0);
+        }
+
+        #[test]
+        fn the_list_dashboards_are_checked_against_matches() {
+            let listed: Vec<&str> = include_str!("../../infra/metrics-emf.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .collect();
+            assert_eq!(listed, METRICS);
+        }
+    }
+}
