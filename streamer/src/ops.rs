@@ -92,7 +92,8 @@ impl Default for Metrics {
     }
 }
 
-fn now_micros() -> i64 {
+/// Now, microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -153,8 +154,13 @@ impl Metrics {
 
     /// The sink's destination accepted an event of `table` committed at `commit_time_micros`.
     pub fn delivered_at(&self, table: &str, commit_time_micros: i64) {
+        self.delivered_by(table, commit_time_micros, now_micros());
+    }
+
+    /// [`Metrics::delivered_at`], accepted at `now_micros` (one clock read for many events).
+    pub fn delivered_by(&self, table: &str, commit_time_micros: i64, now_micros: i64) {
         self.table(table, |c| c.delivered += 1);
-        let secs = (now_micros() - commit_time_micros).max(0) as f64 / 1e6;
+        let secs = (now_micros - commit_time_micros).max(0) as f64 / 1e6;
         if let Ok(mut l) = self.latency.lock() {
             for (i, b) in BUCKETS.iter().enumerate() {
                 if secs <= *b {

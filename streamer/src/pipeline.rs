@@ -465,19 +465,42 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         // The chunk's reads go out here, at the high watermark, in stream order with
         // every change; rows changed inside the window are left to their changes.
         let at = chunk.read_at(tx.commit_lsn);
-        let mut sent = 0u64;
-        for row in &chunk.rows {
-            let tuple: Tuple<'_> = row
-                .iter()
-                .map(|v| match v {
-                    Some(text) => Datum::Text(text.as_bytes()),
-                    None => Datum::Null,
+        let (builder, rows, table) = (&self.builder, &chunk.rows, &chunk.table);
+        let build =
+            |range: std::ops::Range<usize>| -> Result<Vec<event::Event>, event::EventError> {
+                range
+                    .map(|i| {
+                        let tuple: Tuple<'_> = rows
+                            .row(i)
+                            .map(|v| v.map_or(Datum::Null, Datum::Text))
+                            .collect();
+                        builder.build_read(table, &tuple, &at, i as u64)
+                    })
+                    .collect()
+            };
+        // Building is the costly part of a chunk: on two threads for a large one.
+        let n = rows.len();
+        let built = if n >= 4096 {
+            std::thread::scope(|s| {
+                let second = s.spawn(|| build(n / 2..n));
+                let first = build(0..n / 2);
+                let second = second.join().unwrap_or_else(|_| Ok(Vec::new()));
+                first.and_then(|mut f| {
+                    f.extend(second?);
+                    Ok(f)
                 })
-                .collect();
-            let mut event = self
-                .builder
-                .build_read(&chunk.table, &tuple, &at, sent)
-                .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
+            })
+        } else {
+            build(0..n)
+        };
+        let built = built.map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
+        if built.len() != n {
+            return Err(
+                ReplicationError::Definite("backfill: building a chunk failed".into()).into(),
+            );
+        }
+        let mut sent = 0u64;
+        for mut event in built {
             if coordinator.changed_in_window(&event.pks) {
                 continue;
             }

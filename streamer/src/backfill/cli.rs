@@ -227,7 +227,7 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
                 ))),
             };
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -26,7 +26,7 @@ const CHUNK_BUDGET: Duration = Duration::from_millis(500);
 /// How long to wait for the pipeline to see a watermark before reading the chunk again.
 const WATERMARK_WAIT: Duration = Duration::from_secs(60);
 /// How often to look for new requests.
-const POLL: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(250);
 
 /// A table, as a backfill reads it.
 pub struct Described {
@@ -128,7 +128,7 @@ pub async fn run(config: Arc<Config>, coordinator: Coordinator, tracker: Tracker
                 tracing::warn!(error = %e, "backfill driver interrupted; retrying");
             }
         }
-        tokio::time::sleep(POLL * failures.clamp(1, 15)).await;
+        tokio::time::sleep(Duration::from_secs(2) * failures.clamp(1, 15)).await;
     }
 }
 
@@ -161,6 +161,7 @@ fn session_settings() -> String {
         .split("-c ")
         .filter_map(|kv| kv.trim().split_once('='))
         .map(|(k, v)| format!("SET {k} TO '{v}';"))
+        .chain(["SET standard_conforming_strings TO on;".to_owned()])
         .collect()
 }
 
@@ -196,7 +197,6 @@ async fn send_all(
     let described = describe(catalog, config, &bf.schema, &bf.table).await?;
     Store::new(catalog.client()).start(bf.id).await?;
     tracing::info!(backfill = bf.id, table = %bf.qualified(), from = ?bf.last_key, "backfill running");
-    let select = select_sql(&described, &bf);
     let metrics = Arc::clone(tracker.metrics());
     let mut size = FIRST_CHUNK;
     let mut attempts = 0u64;
@@ -216,17 +216,7 @@ async fn send_all(
             id: bf.id,
             chunk: attempts,
         };
-        let Some(read) = chunk(
-            catalog,
-            coordinator,
-            tracker,
-            &described,
-            &bf,
-            &select,
-            mark,
-            size,
-        )
-        .await?
+        let Some(read) = chunk(catalog, coordinator, tracker, &described, &bf, mark, size).await?
         else {
             continue;
         };
@@ -263,51 +253,62 @@ async fn send_all(
     }
 }
 
-/// `SELECT col::text, … WHERE (key) > ($1, …) [AND col >= $n] ORDER BY key LIMIT $m`.
-fn select_sql(d: &Described, bf: &Backfill) -> String {
+/// `'…'::type`: a value as an SQL literal of its column's type
+/// (`standard_conforming_strings` is on in this session: only quotes are doubled).
+fn literal(value: &str, ty: &str) -> String {
+    format!("'{}'::{ty}", value.replace('\'', "''"))
+}
+
+/// `COPY (SELECT … FROM t WHERE (key) > (last) [AND col >= from] ORDER BY key LIMIT n) TO STDOUT`:
+/// COPY is Postgres's fastest way out, and its text is each type's output, as pgoutput's.
+fn copy_sql(d: &Described, bf: &Backfill, last_key: Option<&[String]>, limit: usize) -> String {
     let t = &d.table;
     let cols = t
         .columns
         .iter()
-        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .map(|c| format!("src.{}", quote_ident(&c.name)))
         .collect::<Vec<_>>()
         .join(", ");
-    // Qualified: a bare name in ORDER BY would sort by the `::text` output column.
     let key = t
         .primary_key
         .iter()
         .map(|&i| format!("src.{}", quote_ident(&t.columns[i].name)))
         .collect::<Vec<_>>()
         .join(", ");
-    let params = t
-        .primary_key
-        .iter()
-        .enumerate()
-        .map(|(n, &i)| format!("${}::text::{}", n + 1, d.types[i]))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let n = t.primary_key.len();
-    let mut sql = format!(
-        "SELECT {cols} FROM {}.{} AS src WHERE ($1::text IS NULL OR ({key}) > ({params}))",
-        quote_ident(&t.schema),
-        quote_ident(&t.name)
-    );
-    if let Some((column, _)) = &bf.where_from {
+    let mut filters = Vec::new();
+    if let Some(last) = last_key.filter(|k| k.len() == t.primary_key.len()) {
+        let values = t
+            .primary_key
+            .iter()
+            .zip(last)
+            .map(|(&i, v)| literal(v, &d.types[i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        filters.push(format!("({key}) > ({values})"));
+    }
+    if let Some((column, from)) = &bf.where_from {
         let ty = t
             .columns
             .iter()
             .position(|c| &c.name == column)
             .map(|i| d.types[i].clone())
             .unwrap_or_else(|| "text".into());
-        sql.push_str(&format!(
-            " AND src.{} >= ${}::text::{ty}",
+        filters.push(format!(
+            "src.{} >= {}",
             quote_ident(column),
-            n + 1
+            literal(from, &ty)
         ));
     }
-    let limit = n + 1 + usize::from(bf.where_from.is_some());
-    sql.push_str(&format!(" ORDER BY {key} LIMIT ${limit}"));
-    sql
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "COPY (SELECT {cols} FROM {}.{} AS src{filter} ORDER BY {key} LIMIT {limit}) TO STDOUT",
+        quote_ident(&t.schema),
+        quote_ident(&t.name)
+    )
 }
 
 /// What one chunk read and sent.
@@ -331,7 +332,6 @@ async fn chunk(
     tracker: &Tracker,
     d: &Described,
     bf: &Backfill,
-    select: &str,
     mark: Mark,
     size: usize,
 ) -> Result<Option<Read>, ReplicationError> {
@@ -349,6 +349,7 @@ async fn chunk(
                 .map_err(|e| ReplicationError::Transient(format!("emitting a watermark: {e}")))
         }
     };
+    let t0 = Instant::now();
     coordinator.expect(&d.table.qualified);
     emit(LOW).await?;
     // The read starts only once the pipeline is past the low watermark: every change
@@ -366,61 +367,44 @@ async fn chunk(
         );
         return Ok(None);
     }
-    let n = d.table.primary_key.len();
-    let mut params: Vec<Option<String>> = match &bf.last_key {
-        Some(k) if k.len() == n => k.iter().cloned().map(Some).collect(),
-        _ => vec![None; n],
-    };
-    if let Some((_, from)) = &bf.where_from {
-        params.push(Some(from.clone()));
-    }
-    let limit = size as i64;
-    let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        params.iter().map(|p| p as _).collect();
-    refs.push(&limit);
+    let t_low = t0.elapsed();
+    let sql = copy_sql(d, bf, bf.last_key.as_deref(), size);
     let read_time_micros = change_event_now_micros();
-    let result = client
-        .query(select, &refs)
-        .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) if db.code().code() == "42501" => ReplicationError::Definite(format!(
-                "reading {}: {}: GRANT SELECT ON {} TO the streamer's user",
-                d.table.qualified,
-                db.message(),
-                d.table.qualified
-            )),
-            Some(db) => ReplicationError::Definite(format!(
-                "reading {}: {}",
-                d.table.qualified,
-                db.message()
-            )),
-            None => ReplicationError::Transient(format!("reading {}: {e}", d.table.qualified)),
-        })?;
-    let mut bytes = 0;
-    let rows: Vec<Vec<Option<String>>> = result
-        .iter()
-        .map(|r| {
-            (0..d.table.columns.len())
-                .map(|i| {
-                    let v: Option<String> = r.get(i);
-                    bytes += v.as_ref().map_or(0, String::len);
-                    v
-                })
-                .collect()
-        })
-        .collect();
+    let failed = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(db) if db.code().code() == "42501" => ReplicationError::Definite(format!(
+            "reading {}: {}: GRANT SELECT ON {} TO the streamer's user",
+            d.table.qualified,
+            db.message(),
+            d.table.qualified
+        )),
+        Some(db) => {
+            ReplicationError::Definite(format!("reading {}: {}", d.table.qualified, db.message()))
+        }
+        None => ReplicationError::Transient(format!("reading {}: {e}", d.table.qualified)),
+    };
+    let stream = client.copy_out(sql.as_str()).await.map_err(failed)?;
+    let mut stream = std::pin::pin!(stream);
+    let mut text = Vec::new();
+    while let Some(part) = futures_util::StreamExt::next(&mut stream).await {
+        text.extend_from_slice(&part.map_err(failed)?);
+    }
+    let rows = super::Rows::from_copy_text(&text, d.table.columns.len())
+        .map_err(|e| ReplicationError::Definite(format!("reading {}: {e}", d.table.qualified)))?;
+    drop(text);
     let read = Read {
         rows: rows.len(),
-        last_key: rows.last().map(|last| {
+        last_key: (!rows.is_empty()).then(|| {
+            let last: Vec<Option<&[u8]>> = rows.row(rows.len() - 1).collect();
             d.table
                 .primary_key
                 .iter()
-                .map(|&i| last[i].clone().unwrap_or_default())
+                .map(|&i| String::from_utf8_lossy(last[i].unwrap_or_default()).into_owned())
                 .collect()
         }),
-        bytes,
+        bytes: rows.bytes(),
         sent: 0,
     };
+    let t_read = t0.elapsed();
     coordinator.hand_over(Chunk {
         mark,
         table: Arc::clone(&d.table),
@@ -446,8 +430,18 @@ async fn chunk(
     };
     let read = Read { sent, ..read };
     // Progress is stored only once the sink accepted every read of the chunk.
+    let t_high = t0.elapsed();
     let mut confirmed = tracker.subscribe();
     let _ = confirmed.wait_for(|c| *c > emitted.commit_lsn).await;
+    tracing::debug!(
+        chunk = mark.chunk,
+        rows = read.rows,
+        low_ms = t_low.as_millis() as u64,
+        read_ms = t_read.as_millis() as u64,
+        emitted_ms = t_high.as_millis() as u64,
+        accepted_ms = t0.elapsed().as_millis() as u64,
+        "backfill chunk"
+    );
     Ok(Some(read))
 }
 

@@ -73,10 +73,131 @@ pub struct Chunk {
     pub mark: Mark,
     /// The table (columns as the stream has them, key, group key).
     pub table: Arc<Table>,
-    /// Each row's values in the type's text output (`None`: NULL), in column order.
-    pub rows: Vec<Vec<Option<String>>>,
+    /// The rows' values, in the type's text output (as pgoutput sends them).
+    pub rows: Rows,
     /// When the rows were read, microseconds since the Unix epoch.
     pub read_time_micros: i64,
+}
+
+/// Rows of text values in one buffer: no allocation per value.
+#[derive(Debug, Default)]
+pub struct Rows {
+    /// The values, back to back.
+    buf: Vec<u8>,
+    /// Per value (rows × columns): its range in `buf`, `None` for NULL.
+    values: Vec<Option<(u32, u32)>>,
+    columns: usize,
+}
+
+impl Rows {
+    /// Parses COPY's text format (one row per line, tab-separated, `\N` for NULL,
+    /// backslash escapes) of rows with `columns` values each.
+    pub fn from_copy_text(text: &[u8], columns: usize) -> Result<Rows, String> {
+        let mut rows = Rows {
+            buf: Vec::with_capacity(text.len()),
+            values: Vec::new(),
+            columns,
+        };
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let before = rows.values.len();
+            for field in line.split(|&b| b == b'\t') {
+                if field == b"\\N" {
+                    rows.values.push(None);
+                    continue;
+                }
+                let start = rows.buf.len() as u32;
+                if field.contains(&b'\\') {
+                    unescape(field, &mut rows.buf)?;
+                } else {
+                    rows.buf.extend_from_slice(field);
+                }
+                rows.values
+                    .push(Some((start, rows.buf.len() as u32 - start)));
+            }
+            if rows.values.len() - before != columns {
+                return Err(format!(
+                    "a COPY row has {} values, the table {columns}",
+                    rows.values.len() - before
+                ));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.values.len().checked_div(self.columns).unwrap_or(0)
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Text bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Row `i`: each value's text (`None`: NULL).
+    pub fn row(&self, i: usize) -> impl Iterator<Item = Option<&[u8]>> + '_ {
+        self.values[i * self.columns..(i + 1) * self.columns]
+            .iter()
+            .map(|v| v.map(|(s, n)| &self.buf[s as usize..(s + n) as usize]))
+    }
+}
+
+/// COPY text escapes: `\b \f \n \r \t \v \\`, octal `\NNN`, hex `\xHH`.
+fn unescape(field: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = *field.get(i + 1).ok_or("a COPY value ends in a backslash")?;
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(())
 }
 
 impl Chunk {
@@ -311,13 +432,26 @@ mod tests {
                 vec![0],
                 vec![],
             )),
-            rows: vec![vec![Some("1".into())]],
+            rows: Rows::from_copy_text(b"1\n", 1).expect("rows"),
             read_time_micros: 0,
         }
     }
 
     fn content(m: Mark) -> Vec<u8> {
         serde_json::to_vec(&m).expect("json")
+    }
+
+    #[test]
+    fn copy_text_rows_are_unescaped_without_copies_per_value() {
+        let rows =
+            Rows::from_copy_text(b"1\ta\\tb\t\\N\n2\tc\\\\d\\x41\\101\tx\n", 3).expect("rows");
+        assert_eq!(rows.len(), 2);
+        let r0: Vec<Option<&[u8]>> = rows.row(0).collect();
+        assert_eq!(r0, [Some(&b"1"[..]), Some(&b"a\tb"[..]), None]);
+        let r1: Vec<Option<&[u8]>> = rows.row(1).collect();
+        assert_eq!(r1, [Some(&b"2"[..]), Some(&b"c\\dAA"[..]), Some(&b"x"[..])]);
+        assert!(Rows::from_copy_text(b"1\t2\n", 3).is_err());
+        assert!(Rows::from_copy_text(b"", 3).expect("empty").is_empty());
     }
 
     #[test]

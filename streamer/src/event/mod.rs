@@ -363,10 +363,7 @@ impl EventBuilder {
         pks.push(']');
         let idempotency_key = match at.backfill {
             None => change_event::idempotency_key(at.commit_lsn, at.idx),
-            Some(id) => {
-                let values: Vec<String> = serde_json::from_str(&pks).unwrap_or_default();
-                change_event::read_idempotency_key(&id.to_string(), &values)
-            }
+            Some(id) => change_event::read_idempotency_key(&id.to_string(), &key_values(&pks)),
         };
         let _ = write!(
             out,
@@ -462,6 +459,19 @@ fn write_datum(
         }
     }
     Ok(())
+}
+
+/// The strings of a `record_pks` JSON array (without a JSON parse when nothing is escaped).
+fn key_values(pks: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    if pks.contains('\\') {
+        let parsed: Vec<String> = serde_json::from_str(pks).unwrap_or_default();
+        return parsed.into_iter().map(Cow::Owned).collect();
+    }
+    match pks.strip_prefix("[\"").and_then(|p| p.strip_suffix("\"]")) {
+        Some(inner) => inner.split("\",\"").map(Cow::Borrowed).collect(),
+        None => Vec::new(),
+    }
 }
 
 /// `record_pks` as JSON for a row image (e.g. the old key of an update that moved it).
@@ -687,6 +697,13 @@ mod tests {
             ev.metadata.record_pks,
             ["true", "2024-03-21T15:30:00.000000", "1.50", "a\"b"]
         );
+    }
+
+    #[test]
+    fn key_values_of_record_pks() {
+        assert_eq!(key_values(r#"["1","a"]"#), ["1", "a"]);
+        assert_eq!(key_values(r#"["a\"b","c"]"#), ["a\"b", "c"]);
+        assert!(key_values("[]").is_empty());
     }
 
     #[test]

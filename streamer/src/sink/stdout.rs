@@ -115,8 +115,9 @@ fn write_chunks(
             return;
         }
         let metrics = tracker.metrics();
+        let now = crate::ops::now_micros();
         for (_, table, at) in &chunk.events {
-            metrics.delivered_at(&table.qualified, *at);
+            metrics.delivered_by(&table.qualified, *at, now);
         }
         tracker.accept_all(chunk.events.into_iter().map(|(seq, _, _)| seq));
     }
