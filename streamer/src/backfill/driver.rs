@@ -18,9 +18,9 @@ use crate::replication::ReplicationError;
 /// Rows in the first chunk; then adapted to [`CHUNK_BUDGET`].
 const FIRST_CHUNK: usize = 1000;
 const MIN_CHUNK: usize = 100;
-const MAX_CHUNK: usize = 50_000;
+const MAX_CHUNK: usize = 20_000;
 /// A chunk's text over this halves the next one (memory stays bounded).
-const MAX_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// Time one chunk should take, watermarks to accepted reads.
 const CHUNK_BUDGET: Duration = Duration::from_millis(500);
 /// How long to wait for the pipeline to see a watermark before reading the chunk again.
