@@ -11,10 +11,12 @@
 //! - [`sink`]: where events go, and the delivery contract every sink keeps.
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
 //! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
+//! - [`backoff`]: the one retry schedule (capped, fully jittered), for deliveries and reconnects.
 //! - [`check`]: `streamer check`, a diagnosis of the database.
 //! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod event;

@@ -18,8 +18,8 @@
 //! Events of different groups overtake each other freely.
 //!
 //! **Retries.** [`classify`] is the one place that decides: throttling, 5xx,
-//! timeouts and connection errors are retried forever with capped, jittered
-//! exponential backoff (the slot holds the WAL meanwhile, nothing later is
+//! timeouts and connection errors are retried forever with capped, fully
+//! jittered backoff ([`crate::backoff::DELIVERY`]; the slot holds the WAL meanwhile, nothing later is
 //! confirmed past the event). A message the destination refuses for good goes
 //! to the dead-letter queue when one is configured, else the sink fails and the
 //! streamer stops (the slot keeps the event). Errors about the destination
@@ -33,7 +33,6 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{Sink, SinkError};
+use crate::backoff;
 use crate::event::Event;
 use crate::progress::Tracker;
 
@@ -292,17 +292,6 @@ pub trait Destination: Send + Sync + 'static {
         &self,
         batch: &[Message],
     ) -> impl Future<Output = Result<Vec<EntryFailure>, CallError>> + Send;
-}
-
-/// Capped, fully jittered exponential backoff: attempt 1 → up to 100 ms, … capped at 20 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap_ms: u64 = 100u64
-        .saturating_mul(1u64 << attempt.saturating_sub(1).min(16))
-        .min(20_000);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let jitter = h.finish() % (cap_ms / 2 + 1);
-    Duration::from_millis(cap_ms / 2 + jitter)
 }
 
 struct Shared<D, L> {
@@ -593,7 +582,7 @@ async fn deliver<D: Destination, L: Destination>(
         }
         if !retry.is_empty() {
             attempt += 1;
-            let delay = backoff(attempt);
+            let delay = backoff::DELIVERY.delay(attempt);
             tracing::warn!(
                 destination = %s.dest.name(),
                 messages = retry.len(),
@@ -687,7 +676,7 @@ async fn reject<D: Destination, L: Destination>(
             ));
         }
         attempt += 1;
-        let delay = backoff(attempt);
+        let delay = backoff::DELIVERY.delay(attempt);
         tracing::warn!(error = %err, dead_letter_queue = %dlq.name(), attempt, "dead-lettering failed; retrying");
         tokio::time::sleep(delay).await;
     }
@@ -989,15 +978,5 @@ mod tests {
             Some("ap-south-1")
         );
         assert_eq!(r("http://127.0.0.1:4566/000000000000/q"), None);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_grows() {
-        for a in 1..40 {
-            let d = backoff(a);
-            assert!(d <= Duration::from_secs(20), "{a}: {d:?}");
-            assert!(d >= Duration::from_millis(50));
-        }
-        assert!(backoff(10) >= Duration::from_secs(10));
     }
 }
