@@ -4,8 +4,7 @@
 use std::fmt;
 
 use crate::config::{Config, SinkType};
-use crate::replication::catalog::{format_lsn, quote_ident, Catalog};
-use crate::replication::ReplicationError;
+use crate::replication::{format_lsn, quote_ident, Catalog, ReplicationError};
 use crate::sink::{SnsTopic, SqsQueue};
 
 /// How bad a finding is.

@@ -4,9 +4,10 @@
 //! A tour of the crate:
 //!
 //! - [`config`]: the one configuration (YAML + `WALCAST_*` environment), validated once.
-//! - [`replication`]: the slot. [`replication::transport`] wraps the
-//!   replication connection, [`replication::pgoutput`] decodes the protocol,
-//!   [`replication::catalog`] sets up the slot and publication and resolves types.
+//! - [`replication`]: the slot. Inside, `transport` wraps the replication
+//!   connection ([`replication::connect`]), `pgoutput` decodes the protocol
+//!   ([`replication::decode`]), `catalog` sets up the slot and publication and
+//!   resolves types ([`replication::Catalog`]).
 //! - [`event`]: a row change → the JSON of the change event (exact value mapping).
 //! - [`sink`]: where events go, and the delivery contract every sink keeps.
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.

@@ -10,7 +10,7 @@ use walcast_streamer::config::{Config, LogFormat, SinkType};
 use walcast_streamer::ops;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::replication::catalog::parse_lsn;
+use walcast_streamer::replication::parse_lsn;
 use walcast_streamer::sink::{AwsSink, Sink, SnsTopic, SqsQueue, StdoutSink};
 
 #[derive(Parser)]

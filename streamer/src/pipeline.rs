@@ -16,10 +16,10 @@ use crate::backoff;
 use crate::config::Config;
 use crate::event::{EventBuilder, RowChange, Table, Transaction};
 use crate::progress::Tracker;
-use crate::replication::catalog::{format_lsn, Catalog, RelationInfo, SlotState};
-use crate::replication::pgoutput::{self, PgOutput};
-use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
-use crate::replication::ReplicationError;
+use crate::replication::{
+    self, format_lsn, Catalog, ConnectInfo, PgOutput, RelationInfo, ReplicationError, SlotState,
+    WalMessage, WalStream,
+};
 use crate::sink::{Sink, SinkError};
 
 /// Logical message prefixes that set and clear transaction annotations (Sequin's).
@@ -68,9 +68,9 @@ impl PgConnector {
 }
 
 impl Connector for PgConnector {
-    type Stream = transport::PgwireStream;
+    type Stream = replication::PgwireStream;
     async fn connect(&self, ack_lsn: u64) -> Result<Self::Stream, ReplicationError> {
-        transport::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
+        replication::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
     }
 }
 
@@ -367,7 +367,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 }
             }
             WalMessage::Data(data) => {
-                let decoded = pgoutput::decode(&data).map_err(|e| {
+                let decoded = replication::decode(&data).map_err(|e| {
                     ReplicationError::Definite(format!("{e} (please report this as a bug)"))
                 })?;
                 let change = match &decoded {
