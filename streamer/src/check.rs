@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::config::{Config, SinkType};
 use crate::replication::{format_lsn, quote_ident, Catalog, ReplicationError};
-use crate::sink::{SnsTopic, SqsQueue};
+use crate::sink::{SinkError, SnsTopic, SqsQueue};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,35 +303,39 @@ async fn check_with(
 /// Checks the sink: the queue / topic (and dead-letter queue) exist, the credentials
 /// work, and FIFO-ness matches the URL or ARN (`GetQueueAttributes` / `GetTopicAttributes`).
 pub async fn check_sink(config: &Config) -> Vec<Finding> {
-    let finding = |r: Result<String, String>| match r {
+    let finding = |r: Result<String, SinkError>| match r {
         Ok(message) => Finding {
             level: Level::Ok,
             message,
         },
-        Err(message) => Finding {
+        Err(e) => Finding {
             level: Level::Fail,
-            message,
+            message: e.to_string(),
         },
     };
     let sink = &config.sink;
     let mut out = Vec::new();
-    let mut queues: Vec<&str> = Vec::new();
+    let mut queues: Vec<(&'static str, &str)> = Vec::new();
     if sink.kind == SinkType::Sqs {
-        queues.extend(sink.queue_url.as_deref());
+        queues.extend(sink.queue_url.as_deref().map(|u| ("sink.queue_url", u)));
     }
-    queues.extend(sink.dead_letter_queue_url.as_deref());
-    for url in queues {
-        let r = match SqsQueue::connect(sink, url).await {
-            Ok(q) => q.check().await.map_err(|e| format!("SQS queue {url}: {e}")),
-            Err(e) => Err(e.to_string()),
+    queues.extend(
+        sink.dead_letter_queue_url
+            .as_deref()
+            .map(|u| ("sink.dead_letter_queue_url", u)),
+    );
+    for (setting, url) in queues {
+        let r = match SqsQueue::connect(sink, setting, url).await {
+            Ok(q) => q.check().await,
+            Err(e) => Err(e),
         };
         out.push(finding(r));
     }
     if sink.kind == SinkType::Sns {
         if let Some(arn) = sink.topic_arn.as_deref() {
             let r = match SnsTopic::connect(sink, arn).await {
-                Ok(t) => t.check().await.map_err(|e| format!("SNS topic {arn}: {e}")),
-                Err(e) => Err(e.to_string()),
+                Ok(t) => t.check().await,
+                Err(e) => Err(e),
             };
             out.push(finding(r));
         }

@@ -9,11 +9,13 @@
 //!   ([`replication::decode`]), `catalog` sets up the slot and publication and
 //!   resolves types ([`replication::Catalog`]).
 //! - [`event`]: a row change → the JSON of the change event (exact value mapping).
-//! - [`sink`]: where events go, and the delivery contract every sink keeps.
+//! - [`sink`]: where events go. The contract every sink keeps is on the
+//!   [`sink::Sink`] trait; one delivery core serves SQS and SNS (typed
+//!   [`sink::SinkError`]s, one classification of [`sink::Fault`]s).
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
 //! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
 //! - [`backoff`]: the one retry schedule (capped, fully jittered), for deliveries and reconnects.
-//! - [`check`]: `streamer check`, a diagnosis of the database.
+//! - [`check`]: `streamer check`, a diagnosis of the database and the sink.
 //! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 

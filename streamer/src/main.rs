@@ -170,7 +170,9 @@ async fn run(
         }
         SinkType::Sqs | SinkType::Sns => {
             let dlq = match &config.sink.dead_letter_queue_url {
-                Some(url) => Some(SqsQueue::connect(&config.sink, url).await?),
+                Some(url) => {
+                    Some(SqsQueue::connect(&config.sink, "sink.dead_letter_queue_url", url).await?)
+                }
                 None => None,
             };
             let sink = if config.sink.kind == SinkType::Sqs {
@@ -180,7 +182,7 @@ async fn run(
                     .as_deref()
                     .context("sink.queue_url is required")?;
                 AwsSink::start(
-                    SqsQueue::connect(&config.sink, url).await?,
+                    SqsQueue::connect(&config.sink, "sink.queue_url", url).await?,
                     dlq,
                     tracker.clone(),
                 )
@@ -249,8 +251,6 @@ async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The sink part of `streamer check`: the queue/topic (and dead-letter queue)
-/// exist, the credentials work, FIFO-ness matches.
 /// `streamer healthz`: GET /healthz on the configured listener.
 fn healthz(config: Option<&std::path::Path>) -> ExitCode {
     let from_file = config

@@ -200,12 +200,13 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         }
     }
 
-    /// Delivers what the sink holds, waiting at most `drain_timeout`; whether all was accepted.
+    /// At the end of the run: delivers what the sink holds and closes it,
+    /// waiting at most `drain_timeout`; whether all was accepted.
     async fn drain(&mut self) -> bool {
         let drained = tokio::time::timeout(self.drain_timeout, async {
             self.sink.flush().await?;
             self.tracker.drained().await;
-            Ok::<_, SinkError>(())
+            self.sink.close().await
         })
         .await;
         match drained {

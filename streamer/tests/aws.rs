@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::sink::{AwsSink, SnsTopic, SqsQueue};
+use walcast_streamer::sink::{AwsSink, SinkError, SnsTopic, SqsQueue};
 
 use crate::support::emulator::Emulator;
 use crate::support::{eventually, TestDb};
@@ -45,7 +45,11 @@ impl AwsRun {
         let slot = pipeline::setup(&config).await.expect("setup");
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
         let dlq = match &config.sink.dead_letter_queue_url {
-            Some(u) => Some(SqsQueue::connect(&config.sink, u).await.expect("dlq")),
+            Some(u) => Some(
+                SqsQueue::connect(&config.sink, "sink.dead_letter_queue_url", u)
+                    .await
+                    .expect("dlq"),
+            ),
             None => None,
         };
         let (stop, rx) = oneshot::channel::<()>();
@@ -53,7 +57,9 @@ impl AwsRun {
             let _ = rx.await;
         };
         let handle = if let Some(url) = &config.sink.queue_url {
-            let q = SqsQueue::connect(&config.sink, url).await.expect("queue");
+            let q = SqsQueue::connect(&config.sink, "sink.queue_url", url)
+                .await
+                .expect("queue");
             let sink = AwsSink::start(q, dlq, tracker.clone());
             let p = Pipeline::new(
                 Arc::clone(&config),
@@ -485,16 +491,18 @@ async fn oversized_event_without_dead_letter_queue_stops_the_sink() {
         assert!(i < 600, "the pipeline did not stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let err = res.expect_err("the sink fails").to_string();
-    assert!(err.contains("dead_letter_queue_url"), "{err}");
+    let err = res.expect_err("the sink fails");
+    assert!(err.to_string().contains("dead_letter_queue_url"), "{err}");
+    let PipelineError::Sink(SinkError::Refused {
+        idempotency_key, ..
+    }) = &err
+    else {
+        panic!("{err:?}");
+    };
     // The refused change's commit LSN, from its idempotency key ("<commit_lsn>:<idx>").
-    let key = err
-        .split("the change ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .expect("the error names the change");
     let decoded = String::from_utf8(
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).expect("base64"),
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, idempotency_key)
+            .expect("base64"),
     )
     .expect("utf8");
     let commit_lsn: u64 = decoded
@@ -776,9 +784,15 @@ async fn check_reports_the_sink() {
     );
     // A standard queue behind a `.fifo`-looking name cannot exist, but the other way can:
     // a FIFO queue's URL with the suffix cut off names a queue that does not exist.
-    let (ok, text) = check(fifo.trim_end_matches(".fifo").to_owned());
+    let missing = fifo.trim_end_matches(".fifo").to_owned();
+    let (ok, text) = check(missing.clone());
     assert!(!ok, "{text}");
-    assert!(text.contains("FAIL SQS queue"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL sink.queue_url: SQS queue {missing} does not exist ("
+        )),
+        "{text}"
+    );
     let (ok, text) = check(standard.clone());
     assert!(ok && text.contains("(standard)"), "{text}");
     // An endpoint nothing listens on: one line with the OS error, no debug dump.
@@ -792,7 +806,7 @@ async fn check_reports_the_sink() {
     ));
     let line = text
         .lines()
-        .find(|l| l.starts_with("FAIL SQS queue"))
+        .find(|l| l.starts_with("FAIL sink.endpoint_url: SQS queue"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
         line.contains("cannot reach the endpoint") && line.contains("Connection refused"),
