@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use crate::config::{Config, SinkType};
+use crate::config::Config;
 use crate::replication::{format_lsn, quote_ident, Catalog, ReplicationError};
-use crate::sink::{SinkError, SnsTopic, SqsQueue};
+use crate::sink::Destinations;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,45 +300,26 @@ async fn check_with(
     Ok(())
 }
 
-/// Checks the sink: the queue / topic (and dead-letter queue) exist, the credentials
-/// work, and FIFO-ness matches the URL or ARN (`GetQueueAttributes` / `GetTopicAttributes`).
+/// Checks the sink: the queue or topic and the dead-letter queue exist, the
+/// credentials work, and FIFO-ness matches the names and each other
+/// ([`Destinations::check`], the check `streamer run` makes before set-up).
 pub async fn check_sink(config: &Config) -> Vec<Finding> {
-    let finding = |r: Result<String, SinkError>| match r {
-        Ok(message) => Finding {
-            level: Level::Ok,
-            message,
-        },
-        Err(e) => Finding {
-            level: Level::Fail,
-            message: e.to_string(),
-        },
+    let results = match Destinations::connect(&config.sink).await {
+        Ok(None) => Vec::new(),
+        Ok(Some(d)) => d.check().await,
+        Err(e) => vec![Err(e)],
     };
-    let sink = &config.sink;
-    let mut out = Vec::new();
-    let mut queues: Vec<(&'static str, &str)> = Vec::new();
-    if sink.kind == SinkType::Sqs {
-        queues.extend(sink.queue_url.as_deref().map(|u| ("sink.queue_url", u)));
-    }
-    queues.extend(
-        sink.dead_letter_queue_url
-            .as_deref()
-            .map(|u| ("sink.dead_letter_queue_url", u)),
-    );
-    for (setting, url) in queues {
-        let r = match SqsQueue::connect(sink, setting, url).await {
-            Ok(q) => q.check().await,
-            Err(e) => Err(e),
-        };
-        out.push(finding(r));
-    }
-    if sink.kind == SinkType::Sns {
-        if let Some(arn) = sink.topic_arn.as_deref() {
-            let r = match SnsTopic::connect(sink, arn).await {
-                Ok(t) => t.check().await,
-                Err(e) => Err(e),
-            };
-            out.push(finding(r));
-        }
-    }
-    out
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(message) => Finding {
+                level: Level::Ok,
+                message,
+            },
+            Err(e) => Finding {
+                level: Level::Fail,
+                message: e.to_string(),
+            },
+        })
+        .collect()
 }

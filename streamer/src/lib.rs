@@ -11,9 +11,11 @@
 //! - [`event`]: a row change → the JSON of the change event (exact value mapping).
 //! - [`sink`]: where events go. The contract every sink keeps is on the
 //!   [`sink::Sink`] trait; one delivery core serves SQS and SNS (typed
-//!   [`sink::SinkError`]s, one classification of [`sink::Fault`]s).
+//!   [`sink::SinkError`]s, one classification of [`sink::Fault`]s), and
+//!   [`sink::Destinations`] checks the queue or topic before anything is created.
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
-//! - [`pipeline`]: the loop tying them together, with reconnects and shutdown.
+//! - [`pipeline`]: the loop tying them together, with reconnects and shutdown
+//!   (set-up comes after the sink's check; see `main.rs`).
 //! - [`backoff`]: the one retry schedule (capped, fully jittered), for deliveries and reconnects.
 //! - [`check`]: `streamer check`, a diagnosis of the database and the sink.
 //! - [`ops`]: `/healthz` and `/metrics`.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::sink::{AwsSink, SinkError, SnsTopic, SqsQueue};
+use walcast_streamer::sink::{Destinations, SinkError};
 
 use crate::support::emulator::Emulator;
 use crate::support::{eventually, TestDb};
@@ -42,44 +42,25 @@ impl AwsRun {
         let config = Arc::new(
             Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
         );
+        let destinations = Destinations::connect(&config.sink)
+            .await
+            .expect("destinations")
+            .expect("an SQS or SNS sink");
+        destinations.verify().await.expect("the destinations check");
         let slot = pipeline::setup(&config).await.expect("setup");
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
-        let dlq = match &config.sink.dead_letter_queue_url {
-            Some(u) => Some(
-                SqsQueue::connect(&config.sink, "sink.dead_letter_queue_url", u)
-                    .await
-                    .expect("dlq"),
-            ),
-            None => None,
-        };
         let (stop, rx) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = rx.await;
         };
-        let handle = if let Some(url) = &config.sink.queue_url {
-            let q = SqsQueue::connect(&config.sink, "sink.queue_url", url)
-                .await
-                .expect("queue");
-            let sink = AwsSink::start(q, dlq, tracker.clone());
-            let p = Pipeline::new(
-                Arc::clone(&config),
-                PgConnector::new(&config),
-                sink,
-                tracker.clone(),
-            );
-            tokio::spawn(p.run(shutdown))
-        } else {
-            let arn = config.sink.topic_arn.clone().expect("topic");
-            let t = SnsTopic::connect(&config.sink, &arn).await.expect("topic");
-            let sink = AwsSink::start(t, dlq, tracker.clone());
-            let p = Pipeline::new(
-                Arc::clone(&config),
-                PgConnector::new(&config),
-                sink,
-                tracker.clone(),
-            );
-            tokio::spawn(p.run(shutdown))
-        };
+        let sink = destinations.start(tracker.clone());
+        let p = Pipeline::new(
+            Arc::clone(&config),
+            PgConnector::new(&config),
+            sink,
+            tracker.clone(),
+        );
+        let handle = tokio::spawn(p.run(shutdown));
         AwsRun {
             tracker,
             stop: Some(stop),
@@ -813,6 +794,73 @@ async fn check_reports_the_sink() {
         "{line}"
     );
     assert!(line.len() < 300 && !line.contains('{'), "{line}");
+    db.drop_db().await;
+}
+
+/// `streamer run` checks the sink before set-up: a queue that does not exist
+/// stops start-up with one line naming the setting (exit code 2), and neither
+/// the publication nor the slot is created.
+#[tokio::test]
+async fn run_with_a_missing_queue_stops_before_creating_anything() {
+    let db = TestDb::new("aws_missing").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    // A queue URL of the emulator's shape, for a queue nobody created.
+    let (existing, _) = create_queue(&sqs, &unique("present")).await;
+    let missing = format!("{}-absent", existing);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("streamer.yaml");
+    std::fs::write(
+        &config,
+        db.config_yaml(&format!(
+            "  tables: [t]\n{}",
+            emu.sink_yaml("sqs", &missing, "")
+        )),
+    )
+    .expect("config");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .output(),
+    )
+    .await
+    .expect("the streamer exits")
+    .expect("run the streamer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: sink.queue_url: SQS queue {missing} does not exist ("
+        )),
+        "{stderr}"
+    );
+    let count = |sql: &'static str| {
+        let client = &db.client;
+        let name = db.name.clone();
+        async move {
+            client
+                .query_one(sql, &[&name])
+                .await
+                .expect("query")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM pg_replication_slots WHERE database = $1").await,
+        0,
+        "no slot"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_publication WHERE current_database() = $1").await,
+        0,
+        "no publication"
+    );
     db.drop_db().await;
 }
 

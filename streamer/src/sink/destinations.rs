@@ -1,6 +1,6 @@
-//! What the configuration names: a queue or topic, how to reach it (region,
-//! credentials, endpoint), and the verdict of its check
-//! (`GetQueueAttributes` / `GetTopicAttributes`, by `streamer check`).
+//! What the configuration names: the queue or topic and its dead-letter
+//! queue, connected and checked (`GetQueueAttributes` / `GetTopicAttributes`)
+//! before `streamer run` creates anything, and by `streamer check`.
 //!
 //! A check fails with one line naming the setting to fix:
 //! `sink.queue_url: queue https://… does not exist (AWS.SimpleQueueService.NonExistentQueue)`.
@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use super::fault::{Cause, Fault};
-use super::SinkError;
-use crate::config::SinkConfig;
+use super::{AwsSink, SinkError, SnsTopic, SqsQueue};
+use crate::config::{dead_letter_fifo_problem, SinkConfig, SinkType};
+use crate::progress::Tracker;
 
 /// A queue or topic as the configuration names it: what a service client
 /// needs to say which setting to fix.
@@ -151,6 +152,97 @@ async fn sdk_config(
         ));
     }
     Ok(loader.load().await)
+}
+
+/// The queue or topic of an SQS or SNS sink.
+#[derive(Debug, Clone)]
+enum Main {
+    Queue(SqsQueue),
+    Topic(SnsTopic),
+}
+
+/// The destinations an SQS or SNS sink configuration names, connected (no
+/// call made yet): check them, then start the sink.
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    main: Main,
+    dead_letter: Option<SqsQueue>,
+    kind: SinkType,
+}
+
+impl Destinations {
+    /// Connects the queue or topic and the dead-letter queue of `sink`; `None`
+    /// for the stdout sink.
+    pub async fn connect(sink: &SinkConfig) -> Result<Option<Destinations>, SinkError> {
+        let required = |setting: &'static str, value: &Option<String>| {
+            value.clone().ok_or(SinkError::Setting {
+                setting,
+                reason: "required for this sink.type".into(),
+            })
+        };
+        let main = match sink.kind {
+            SinkType::Stdout => return Ok(None),
+            SinkType::Sqs => {
+                let url = required("sink.queue_url", &sink.queue_url)?;
+                Main::Queue(SqsQueue::connect(sink, "sink.queue_url", &url).await?)
+            }
+            SinkType::Sns => {
+                let arn = required("sink.topic_arn", &sink.topic_arn)?;
+                Main::Topic(SnsTopic::connect(sink, &arn).await?)
+            }
+        };
+        let dead_letter = match &sink.dead_letter_queue_url {
+            Some(url) => Some(SqsQueue::connect(sink, "sink.dead_letter_queue_url", url).await?),
+            None => None,
+        };
+        Ok(Some(Destinations {
+            main,
+            dead_letter,
+            kind: sink.kind,
+        }))
+    }
+
+    /// Checks every destination (one AWS call each): it exists, the
+    /// credentials work, it is FIFO as its name says, and the dead-letter
+    /// queue's FIFO-ness matches the queue's or topic's. One result each:
+    /// what was found, or the failure naming the setting.
+    pub async fn check(&self) -> Vec<Result<String, SinkError>> {
+        let (main, main_fifo) = match &self.main {
+            Main::Queue(q) => (q.check().await, q.target().fifo),
+            Main::Topic(t) => (t.check().await, t.target().fifo),
+        };
+        let mut out = vec![main];
+        if let Some(dlq) = &self.dead_letter {
+            let checked = dlq.check().await.and_then(|found| {
+                match dead_letter_fifo_problem(self.kind, main_fifo, dlq.target().fifo) {
+                    Some(problem) => Err(SinkError::Setting {
+                        setting: "sink.dead_letter_queue_url",
+                        reason: problem.into(),
+                    }),
+                    None => Ok(found),
+                }
+            });
+            out.push(checked);
+        }
+        out
+    }
+
+    /// The first failure of [`check`](Destinations::check), if any.
+    pub async fn verify(&self) -> Result<(), SinkError> {
+        self.check()
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Starts the sink on the current runtime.
+    pub fn start(self, tracker: Tracker) -> AwsSink {
+        match self.main {
+            Main::Queue(q) => AwsSink::start(q, self.dead_letter, tracker),
+            Main::Topic(t) => AwsSink::start(t, self.dead_letter, tracker),
+        }
+    }
 }
 
 #[cfg(test)]

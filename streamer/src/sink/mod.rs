@@ -4,6 +4,8 @@
 //! - [`AwsSink`]: SQS queues and SNS topics through one delivery core
 //!   (batching, order per group, retries, dead-lettering); the services
 //!   ([`SqsQueue`], [`SnsTopic`]) only map a batch onto their API.
+//!   [`Destinations`] connects and checks what the configuration names,
+//!   before anything else happens.
 //! - [`StdoutSink`]: one JSON line per event, written on a thread of its own.
 //! - [`MemorySink`]: keeps events in memory (tests).
 
@@ -16,6 +18,7 @@ mod sqs;
 mod stdout;
 
 pub use aws::{AwsSink, Destination, Entry};
+pub use destinations::Destinations;
 pub use fault::{Fault, Refusal};
 pub use memory::MemorySink;
 pub use sns::SnsTopic;
@@ -31,7 +34,8 @@ use crate::event::Event;
 /// the slot keeps every event not yet accepted.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
-    /// A setting is wrong, or what it names cannot be used: found by a check.
+    /// A setting is wrong, or what it names cannot be used: found by the check
+    /// before anything is created.
     #[error("{setting}: {reason}")]
     Setting {
         /// The setting to fix, e.g. `sink.queue_url`.

@@ -28,6 +28,10 @@ impl SnsTopic {
         })
     }
 
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// `GetTopicAttributes`: the topic exists, the credentials work, FIFO-ness matches the ARN.
     pub async fn check(&self) -> Result<String, SinkError> {
         let found = self

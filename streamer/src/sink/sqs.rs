@@ -33,6 +33,10 @@ impl SqsQueue {
         })
     }
 
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// `GetQueueAttributes`: the queue exists, the credentials work, FIFO-ness matches the URL.
     pub async fn check(&self) -> Result<String, SinkError> {
         let found = self
