@@ -594,8 +594,6 @@ async fn fifo_exactly_once_across_kill_9_of_the_binary() {
     db.exec("CREATE TABLE k (id int PRIMARY KEY, v int)").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("streamer.yaml");
-    eprintln!("DEBUGDIR {}", dir.path().display());
-    std::mem::forget(tempfile::tempdir());
     std::fs::write(
         &config,
         db.config_yaml(&format!(
