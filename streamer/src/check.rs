@@ -3,10 +3,9 @@
 
 use std::fmt;
 
-use crate::config::{Config, SinkType};
-use crate::replication::catalog::{format_lsn, quote_ident, Catalog};
-use crate::replication::ReplicationError;
-use crate::sink::{SnsTopic, SqsQueue};
+use crate::config::Config;
+use crate::replication::{format_lsn, quote_ident, Catalog, ReplicationError};
+use crate::sink::Destinations;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,41 +306,26 @@ async fn check_with(
     Ok(())
 }
 
-/// Checks the sink: the queue / topic (and dead-letter queue) exist, the credentials
-/// work, and FIFO-ness matches the URL or ARN (`GetQueueAttributes` / `GetTopicAttributes`).
+/// Checks the sink: the queue or topic and the dead-letter queue exist, the
+/// credentials work, and FIFO-ness matches the names and each other
+/// ([`Destinations::check`], the check `streamer run` makes before set-up).
 pub async fn check_sink(config: &Config) -> Vec<Finding> {
-    let finding = |r: Result<String, String>| match r {
-        Ok(message) => Finding {
-            level: Level::Ok,
-            message,
-        },
-        Err(message) => Finding {
-            level: Level::Fail,
-            message,
-        },
+    let results = match Destinations::connect(&config.sink).await {
+        Ok(None) => Vec::new(),
+        Ok(Some(d)) => d.check().await,
+        Err(e) => vec![Err(e)],
     };
-    let sink = &config.sink;
-    let mut out = Vec::new();
-    let mut queues: Vec<&str> = Vec::new();
-    if sink.kind == SinkType::Sqs {
-        queues.extend(sink.queue_url.as_deref());
-    }
-    queues.extend(sink.dead_letter_queue_url.as_deref());
-    for url in queues {
-        let r = match SqsQueue::connect(sink, url).await {
-            Ok(q) => q.check().await.map_err(|e| format!("SQS queue {url}: {e}")),
-            Err(e) => Err(e.to_string()),
-        };
-        out.push(finding(r));
-    }
-    if sink.kind == SinkType::Sns {
-        if let Some(arn) = sink.topic_arn.as_deref() {
-            let r = match SnsTopic::connect(sink, arn).await {
-                Ok(t) => t.check().await.map_err(|e| format!("SNS topic {arn}: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            out.push(finding(r));
-        }
-    }
-    out
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(message) => Finding {
+                level: Level::Ok,
+                message,
+            },
+            Err(e) => Finding {
+                level: Level::Fail,
+                message: e.to_string(),
+            },
+        })
+        .collect()
 }

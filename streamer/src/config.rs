@@ -479,6 +479,21 @@ impl Config {
                 }
             }
         }
+        if let Some(dlq) = &self.sink.dead_letter_queue_url {
+            url::Url::parse(dlq)
+                .map_err(|e| field("sink.dead_letter_queue_url", format!("not a URL: {e}")))?;
+            let main = match self.sink.kind {
+                SinkType::Stdout => None,
+                SinkType::Sqs => self.sink.queue_url.as_deref(),
+                SinkType::Sns => self.sink.topic_arn.as_deref(),
+            };
+            if let Some(main) = main {
+                let problem = dead_letter_fifo_problem(self.sink.kind, is_fifo(main), is_fifo(dlq));
+                if let Some(problem) = problem {
+                    return Err(field("sink.dead_letter_queue_url", problem));
+                }
+            }
+        }
         if self.sink.access_key_id.is_some() != self.sink.secret_access_key.is_some() {
             return Err(field(
                 "sink.secret_access_key",
@@ -555,6 +570,33 @@ impl Config {
             .iter()
             .find(|(k, _)| parse_table(k).is_some_and(|(s, t)| s == schema && t == table))
             .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A queue URL or topic ARN names a FIFO queue or topic (AWS requires the suffix).
+fn is_fifo(url_or_arn: &str) -> bool {
+    url_or_arn.ends_with(".fifo")
+}
+
+/// What is wrong with a dead-letter queue's FIFO-ness next to its sink's queue
+/// or topic, if anything: an SQS queue and its dead-letter queue are both FIFO
+/// or both standard (as AWS's own redrive requires); a FIFO topic's is FIFO.
+pub fn dead_letter_fifo_problem(
+    kind: SinkType,
+    main_fifo: bool,
+    dead_letter_fifo: bool,
+) -> Option<&'static str> {
+    match (kind, main_fifo, dead_letter_fifo) {
+        (SinkType::Sqs, true, false) => {
+            Some("sink.queue_url is a FIFO queue: its dead-letter queue must be FIFO too (.fifo)")
+        }
+        (SinkType::Sqs, false, true) => Some(
+            "sink.queue_url is a standard queue: its dead-letter queue must be standard too (no .fifo)",
+        ),
+        (SinkType::Sns, true, false) => {
+            Some("sink.topic_arn is a FIFO topic: its dead-letter queue must be FIFO too (.fifo)")
+        }
+        _ => None,
     }
 }
 
@@ -773,6 +815,42 @@ mod tests {
             err("source: {url: 'postgres://u@h/d'}\nsink: {type: kafka}").contains("sink.type")
         );
         assert!(err("source: {url: 'postgres://u@h/d', colour: red}").contains("colour"));
+        let dlq = |queue: &str, dlq: &str| {
+            err(&format!(
+                "source: {{url: 'postgres://u@h/d'}}\nsink: {{type: sqs, queue_url: '{queue}', dead_letter_queue_url: '{dlq}'}}"
+            ))
+        };
+        let q = "https://sqs.eu-west-1.amazonaws.com/1/q";
+        assert!(dlq(q, "nope").contains("sink.dead_letter_queue_url: not a URL"));
+        let e = dlq(&format!("{q}.fifo"), &format!("{q}-dlq"));
+        assert!(
+            e.contains("sink.dead_letter_queue_url: sink.queue_url is a FIFO queue"),
+            "{e}"
+        );
+        let e = dlq(q, &format!("{q}-dlq.fifo"));
+        assert!(e.contains("must be standard too"), "{e}");
+        let e = err(&format!(
+            "source: {{url: 'postgres://u@h/d'}}\nsink: {{type: sns, topic_arn: 'arn:aws:sns:eu-west-1:1:t.fifo', dead_letter_queue_url: '{q}'}}"
+        ));
+        assert!(e.contains("sink.topic_arn is a FIFO topic"), "{e}");
+        for (kind, main, dead) in [
+            ("queue_url", format!("{q}.fifo"), format!("{q}-dlq.fifo")),
+            ("queue_url", q.to_owned(), format!("{q}-dlq")),
+            (
+                "topic_arn",
+                "arn:aws:sns:eu-west-1:1:t".to_owned(),
+                format!("{q}-dlq.fifo"),
+            ),
+        ] {
+            let kind_type = if kind == "queue_url" { "sqs" } else { "sns" };
+            Config::load(
+                Some(&format!(
+                    "source: {{url: 'postgres://u@h/d'}}\nsink: {{type: {kind_type}, {kind}: '{main}', dead_letter_queue_url: '{dead}'}}"
+                )),
+                Vec::new(),
+            )
+            .expect("a matching dead-letter queue");
+        }
         assert!(
             err("source: {url: 'postgres://u@h/d'}\nhttp: {listen: nope}").contains("http.listen")
         );

@@ -7,12 +7,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use walcast_streamer::backfill;
 use walcast_streamer::check::{self, Level};
-use walcast_streamer::config::{Config, LogFormat, SinkType};
+use walcast_streamer::config::{Config, LogFormat};
 use walcast_streamer::ops;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::replication::catalog::parse_lsn;
-use walcast_streamer::sink::{AwsSink, Sink, SnsTopic, SqsQueue, StdoutSink};
+use walcast_streamer::replication::parse_lsn;
+use walcast_streamer::sink::{Destinations, Sink, SinkError, StdoutSink};
 
 #[derive(Parser)]
 #[command(
@@ -135,7 +135,11 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "streamer stopped"),
                 LogFormat::Text => eprintln!("error: {e:#}"),
             }
-            ExitCode::FAILURE
+            // A setting to fix (the sink's check before set-up): like a bad configuration.
+            match e.downcast_ref::<SinkError>() {
+                Some(SinkError::Setting { .. }) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -188,6 +192,12 @@ async fn run(
         ),
         None => None,
     };
+    // The sink first: a wrong queue, topic, region or credential stops start-up
+    // with the setting to fix before the publication and the slot exist.
+    let destinations = Destinations::connect(&config.sink).await?;
+    if let Some(d) = &destinations {
+        d.verify().await?;
+    }
     let slot = pipeline::setup(&config).await?;
     if slot.created && config.backfill.initial {
         let ids = backfill::cli::request_initial(&config)
@@ -219,39 +229,13 @@ async fn run(
             Arc::clone(tracker.metrics()),
         ));
     }
-    match config.sink.kind {
-        SinkType::Stdout => {
+    match destinations {
+        None => {
             let sink = StdoutSink::new(tracker.clone())?;
             run_with(config, sink, tracker, until, started).await
         }
-        SinkType::Sqs | SinkType::Sns => {
-            let dlq = match &config.sink.dead_letter_queue_url {
-                Some(url) => Some(SqsQueue::connect(&config.sink, url).await?),
-                None => None,
-            };
-            let sink = if config.sink.kind == SinkType::Sqs {
-                let url = config
-                    .sink
-                    .queue_url
-                    .as_deref()
-                    .context("sink.queue_url is required")?;
-                AwsSink::start(
-                    SqsQueue::connect(&config.sink, url).await?,
-                    dlq,
-                    tracker.clone(),
-                )
-            } else {
-                let arn = config
-                    .sink
-                    .topic_arn
-                    .as_deref()
-                    .context("sink.topic_arn is required")?;
-                AwsSink::start(
-                    SnsTopic::connect(&config.sink, arn).await?,
-                    dlq,
-                    tracker.clone(),
-                )
-            };
+        Some(d) => {
+            let sink = d.start(tracker.clone());
             run_with(config, sink, tracker, until, started).await
         }
     }
@@ -312,8 +296,6 @@ async fn check(config: Arc<Config>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The sink part of `streamer check`: the queue/topic (and dead-letter queue)
-/// exist, the credentials work, FIFO-ness matches.
 /// `streamer healthz`: GET /healthz on the configured listener.
 fn healthz(config: Option<&std::path::Path>) -> ExitCode {
     let from_file = config

@@ -490,7 +490,7 @@ pub async fn probe(addr: SocketAddr) -> Result<(), String> {
 /// Every 10 s, asks Postgres how far the slot is behind.
 pub async fn probe_lag(pg: crate::config::Postgres, slot: String, metrics: Arc<Metrics>) {
     loop {
-        if let Ok(catalog) = crate::replication::catalog::Catalog::connect(&pg, &slot).await {
+        if let Ok(catalog) = crate::replication::Catalog::connect(&pg, &slot).await {
             loop {
                 match catalog.slot_lag(&slot).await {
                     Ok(Some(lag)) => metrics.set_lag(lag),

@@ -3,8 +3,9 @@
 //!
 //! One session is one replication connection. A transient error ends the
 //! session: the sink is drained (what it holds is delivered), and a new
-//! session resumes from the slot after a jittered, capped backoff. A definite
-//! error, or the shutdown signal, ends the run.
+//! session resumes from the slot after a capped, fully jittered backoff
+//! ([`backoff::RECONNECT`]). A definite error, or the shutdown signal, ends
+//! the run.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backfill::Coordinator;
+use crate::backoff;
 use crate::config::Config;
 use crate::event::{self, EventBuilder, RowChange, Table, Transaction};
 use crate::progress::Tracker;
-use crate::replication::catalog::{format_lsn, Catalog, RelationInfo, SlotState};
-use crate::replication::pgoutput::{self, Datum, PgOutput, Tuple};
-use crate::replication::transport::{self, ConnectInfo, WalMessage, WalStream};
-use crate::replication::ReplicationError;
+use crate::replication::{
+    self, format_lsn, Catalog, ConnectInfo, Datum, PgOutput, RelationInfo, ReplicationError,
+    SlotState, Tuple, WalMessage, WalStream,
+};
 use crate::sink::{Sink, SinkError};
 
 /// Logical message prefixes that set and clear transaction annotations (Sequin's).
@@ -67,9 +69,9 @@ impl PgConnector {
 }
 
 impl Connector for PgConnector {
-    type Stream = transport::PgwireStream;
+    type Stream = replication::PgwireStream;
     async fn connect(&self, ack_lsn: u64) -> Result<Self::Stream, ReplicationError> {
-        transport::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
+        replication::connect(&self.info, &self.slot, &self.publication, ack_lsn).await
     }
 }
 
@@ -178,7 +180,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 Err(PipelineError::Replication(e)) if e.is_transient() => {
                     self.tracker.metrics().set_connected(false);
                     failures += 1;
-                    let delay = backoff(failures);
+                    let delay = backoff::RECONNECT.delay(failures);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                     // Deliver what the sink holds before the slot sends it again.
                     let waited = unless(&mut shutdown, async {
@@ -209,12 +211,13 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         }
     }
 
-    /// Delivers what the sink holds, waiting at most `drain_timeout`; whether all was accepted.
+    /// At the end of the run: delivers what the sink holds and closes it,
+    /// waiting at most `drain_timeout`; whether all was accepted.
     async fn drain(&mut self) -> bool {
         let drained = tokio::time::timeout(self.drain_timeout, async {
             self.sink.flush().await?;
             self.tracker.drained().await;
-            Ok::<_, SinkError>(())
+            self.sink.close().await
         })
         .await;
         match drained {
@@ -376,7 +379,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 }
             }
             WalMessage::Data(data) => {
-                let decoded = pgoutput::decode(&data).map_err(|e| {
+                let decoded = replication::decode(&data).map_err(|e| {
                     ReplicationError::Definite(format!("{e} (please report this as a bug)"))
                 })?;
                 let change = match &decoded {
@@ -572,18 +575,6 @@ fn annotate(tx: &mut Transaction, prefix: &str, content: &[u8]) {
     }
 }
 
-/// Capped exponential backoff with jitter: ~0.5 s, 1 s, 2 s … up to 30 s.
-fn backoff(failures: u32) -> Duration {
-    let base = 500u64
-        .saturating_mul(1 << failures.min(6).saturating_sub(1))
-        .min(30_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
-}
-
 /// The sink's metadata block.
 pub fn consumer_meta(config: &Config) -> change_event::Consumer {
     change_event::Consumer {
@@ -618,13 +609,6 @@ pub fn database_meta(config: &Config) -> change_event::Database {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_grows() {
-        assert!(backoff(1) <= Duration::from_millis(500));
-        assert!(backoff(3) >= Duration::from_millis(1000));
-        assert!(backoff(50) <= Duration::from_secs(30));
-    }
 
     #[test]
     fn annotations_set_and_clear() {

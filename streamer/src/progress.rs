@@ -12,7 +12,9 @@
 //!                     ^ confirmable: the first commit's end_lsn
 //! ```
 //!
-//! The confirmed LSN only moves forward. With nothing in flight and no
+//! Two invariants, checked by `debug_assert!`s: the confirmable LSN only moves
+//! forward (it is published under the lock, so in order), and each event is
+//! accepted once. With nothing in flight and no
 //! transaction open, a keepalive's `wal_end` is confirmable too, so an idle
 //! publication never pins WAL.
 
@@ -55,15 +57,23 @@ impl Inner {
             self.accepted.pop_front();
             self.base += 1;
         }
-        let before = self.confirmable;
+        let mut advanced = None;
         while let Some(&(after, lsn)) = self.commits.front() {
             if after > self.base {
                 break;
             }
             self.commits.pop_front();
-            self.confirmable = self.confirmable.max(lsn);
+            advanced = self.raise(lsn).or(advanced);
         }
-        (self.confirmable > before).then_some(self.confirmable)
+        advanced
+    }
+
+    /// Moves the confirmable LSN up to `lsn` (never down); the new value if it moved.
+    fn raise(&mut self, lsn: u64) -> Option<u64> {
+        (lsn > self.confirmable).then(|| {
+            self.confirmable = lsn;
+            lsn
+        })
     }
 }
 
@@ -91,9 +101,15 @@ impl Tracker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, advanced: Option<u64>) {
+    /// Publishes a new confirmable LSN. Called with the lock held, so that two
+    /// threads that advance it in turn publish in that order too.
+    fn publish(&self, _held: &MutexGuard<'_, Inner>, advanced: Option<u64>) {
         if let Some(lsn) = advanced {
-            self.confirmable.send_replace(lsn);
+            let before = self.confirmable.send_replace(lsn);
+            debug_assert!(
+                lsn > before,
+                "the confirmable LSN went from {before} back to {lsn}"
+            );
         }
     }
 
@@ -115,47 +131,44 @@ impl Tracker {
     }
 
     /// The sink accepted these events.
+    ///
+    /// Each event is accepted once: a second acceptance is a sink's bug
+    /// (a debug build panics; a release build ignores it).
     pub fn accept_all(&self, seqs: impl IntoIterator<Item = u64>) {
-        let advanced = {
-            let mut g = self.lock();
-            for seq in seqs {
-                debug_assert!(seq < g.next_seq(), "accepting an unregistered event");
-                if let Some(i) = seq.checked_sub(g.base) {
-                    if let Some(flag) = g.accepted.get_mut(i as usize) {
-                        *flag = true;
-                    }
+        let mut g = self.lock();
+        for seq in seqs {
+            debug_assert!(seq < g.next_seq(), "accepting an unregistered event {seq}");
+            debug_assert!(seq >= g.base, "event {seq} accepted twice");
+            if let Some(i) = seq.checked_sub(g.base) {
+                if let Some(flag) = g.accepted.get_mut(i as usize) {
+                    debug_assert!(!*flag, "event {seq} accepted twice");
+                    *flag = true;
                 }
             }
-            g.advance()
-        };
-        self.publish(advanced);
+        }
+        let advanced = g.advance();
+        self.publish(&g, advanced);
     }
 
     /// The open transaction committed; `end_lsn` is confirmable once its events are accepted.
     pub fn commit(&self, end_lsn: u64) {
-        let advanced = {
-            let mut g = self.lock();
-            g.in_transaction = false;
-            let after = g.next_seq();
-            g.commits.push_back((after, end_lsn));
-            g.advance()
-        };
-        self.publish(advanced);
+        let mut g = self.lock();
+        g.in_transaction = false;
+        let after = g.next_seq();
+        g.commits.push_back((after, end_lsn));
+        let advanced = g.advance();
+        self.publish(&g, advanced);
     }
 
     /// The stream is at `wal_end` (keepalive): confirmable if nothing is in flight.
     pub fn idle(&self, wal_end: u64) {
-        let advanced = {
-            let mut g = self.lock();
-            if g.in_transaction || !g.accepted.is_empty() || !g.commits.is_empty() {
-                None
-            } else {
-                let before = g.confirmable;
-                g.confirmable = g.confirmable.max(wal_end);
-                (g.confirmable > before).then_some(g.confirmable)
-            }
+        let mut g = self.lock();
+        let advanced = if g.in_transaction || !g.accepted.is_empty() || !g.commits.is_empty() {
+            None
+        } else {
+            g.raise(wal_end)
         };
-        self.publish(advanced);
+        self.publish(&g, advanced);
     }
 
     /// A new replication session starts: a transaction left open by the old one
@@ -271,6 +284,56 @@ mod tests {
         t.begin();
         t.commit(42);
         assert_eq!(t.confirmable(), 42);
+    }
+
+    #[test]
+    fn the_confirmable_lsn_is_published_in_order() {
+        let t = Tracker::new(0);
+        let rx = t.subscribe();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        t.begin();
+                        let seq = t.register();
+                        t.commit(seq + 1);
+                        t.accept(seq);
+                    }
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while threads.iter().any(|h| !h.is_finished()) {
+            let now = *rx.borrow();
+            assert!(now >= last, "{now} after {last}");
+            last = now;
+        }
+        for h in threads {
+            h.join().expect("thread");
+        }
+        assert_eq!(t.confirmable(), 2000);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "accepted twice")]
+    fn a_second_acceptance_is_a_bug() {
+        let t = Tracker::new(0);
+        let a = t.register();
+        let _b = t.register();
+        t.accept(a);
+        t.accept(a);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "accepted twice")]
+    fn a_second_acceptance_below_the_low_water_mark_is_a_bug() {
+        let t = Tracker::new(0);
+        let a = t.register();
+        t.accept(a);
+        t.accept(a);
     }
 
     #[tokio::test]

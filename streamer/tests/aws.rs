@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::sink::{AwsSink, SnsTopic, SqsQueue};
+use walcast_streamer::sink::{Destinations, SinkError};
 
 use crate::support::emulator::Emulator;
 use crate::support::{eventually, TestDb};
@@ -49,12 +49,13 @@ impl AwsRun {
         let config = Arc::new(
             Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
         );
+        let destinations = Destinations::connect(&config.sink)
+            .await
+            .expect("destinations")
+            .expect("an SQS or SNS sink");
+        destinations.verify().await.expect("the destinations check");
         let slot = pipeline::setup(&config).await.expect("setup");
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
-        let dlq = match &config.sink.dead_letter_queue_url {
-            Some(u) => Some(SqsQueue::connect(&config.sink, u).await.expect("dlq")),
-            None => None,
-        };
         let (stop, rx) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = rx.await;
@@ -65,30 +66,15 @@ impl AwsRun {
             coordinator.clone(),
             tracker.clone(),
         ));
-        let handle = if let Some(url) = &config.sink.queue_url {
-            let q = SqsQueue::connect(&config.sink, url).await.expect("queue");
-            let sink = AwsSink::start(q, dlq, tracker.clone());
-            let p = Pipeline::new(
-                Arc::clone(&config),
-                PgConnector::new(&config),
-                sink,
-                tracker.clone(),
-            )
-            .with_backfills(coordinator.clone());
-            tokio::spawn(p.run(shutdown))
-        } else {
-            let arn = config.sink.topic_arn.clone().expect("topic");
-            let t = SnsTopic::connect(&config.sink, &arn).await.expect("topic");
-            let sink = AwsSink::start(t, dlq, tracker.clone());
-            let p = Pipeline::new(
-                Arc::clone(&config),
-                PgConnector::new(&config),
-                sink,
-                tracker.clone(),
-            )
-            .with_backfills(coordinator.clone());
-            tokio::spawn(p.run(shutdown))
-        };
+        let sink = destinations.start(tracker.clone());
+        let p = Pipeline::new(
+            Arc::clone(&config),
+            PgConnector::new(&config),
+            sink,
+            tracker.clone(),
+        )
+        .with_backfills(coordinator);
+        let handle = tokio::spawn(p.run(shutdown));
         AwsRun {
             tracker,
             stop: Some(stop),
@@ -501,16 +487,18 @@ async fn oversized_event_without_dead_letter_queue_stops_the_sink() {
         assert!(i < 600, "the pipeline did not stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let err = res.expect_err("the sink fails").to_string();
-    assert!(err.contains("dead_letter_queue_url"), "{err}");
+    let err = res.expect_err("the sink fails");
+    assert!(err.to_string().contains("dead_letter_queue_url"), "{err}");
+    let PipelineError::Sink(SinkError::Refused {
+        idempotency_key, ..
+    }) = &err
+    else {
+        panic!("{err:?}");
+    };
     // The refused change's commit LSN, from its idempotency key ("<commit_lsn>:<idx>").
-    let key = err
-        .split("the change ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .expect("the error names the change");
     let decoded = String::from_utf8(
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key).expect("base64"),
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, idempotency_key)
+            .expect("base64"),
     )
     .expect("utf8");
     let commit_lsn: u64 = decoded
@@ -621,8 +609,6 @@ async fn fifo_exactly_once_across_kill_9_of_the_binary() {
     db.exec("CREATE TABLE k (id int PRIMARY KEY, v int)").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("streamer.yaml");
-    eprintln!("DEBUGDIR {}", dir.path().display());
-    std::mem::forget(tempfile::tempdir());
     std::fs::write(
         &config,
         db.config_yaml(&format!(
@@ -792,9 +778,15 @@ async fn check_reports_the_sink() {
     );
     // A standard queue behind a `.fifo`-looking name cannot exist, but the other way can:
     // a FIFO queue's URL with the suffix cut off names a queue that does not exist.
-    let (ok, text) = check(fifo.trim_end_matches(".fifo").to_owned());
+    let missing = fifo.trim_end_matches(".fifo").to_owned();
+    let (ok, text) = check(missing.clone());
     assert!(!ok, "{text}");
-    assert!(text.contains("FAIL SQS queue"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL sink.queue_url: SQS queue {missing} does not exist ("
+        )),
+        "{text}"
+    );
     let (ok, text) = check(standard.clone());
     assert!(ok && text.contains("(standard)"), "{text}");
     // An endpoint nothing listens on: one line with the OS error, no debug dump.
@@ -808,13 +800,80 @@ async fn check_reports_the_sink() {
     ));
     let line = text
         .lines()
-        .find(|l| l.starts_with("FAIL SQS queue"))
+        .find(|l| l.starts_with("FAIL sink.endpoint_url: SQS queue"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
         line.contains("cannot reach the endpoint") && line.contains("Connection refused"),
         "{line}"
     );
     assert!(line.len() < 300 && !line.contains('{'), "{line}");
+    db.drop_db().await;
+}
+
+/// `streamer run` checks the sink before set-up: a queue that does not exist
+/// stops start-up with one line naming the setting (exit code 2), and neither
+/// the publication nor the slot is created.
+#[tokio::test]
+async fn run_with_a_missing_queue_stops_before_creating_anything() {
+    let db = TestDb::new("aws_missing").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    // A queue URL of the emulator's shape, for a queue nobody created.
+    let (existing, _) = create_queue(&sqs, &unique("present")).await;
+    let missing = format!("{}-absent", existing);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("streamer.yaml");
+    std::fs::write(
+        &config,
+        db.config_yaml(&format!(
+            "  tables: [t]\n{}",
+            emu.sink_yaml("sqs", &missing, "")
+        )),
+    )
+    .expect("config");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .output(),
+    )
+    .await
+    .expect("the streamer exits")
+    .expect("run the streamer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: sink.queue_url: SQS queue {missing} does not exist ("
+        )),
+        "{stderr}"
+    );
+    let count = |sql: &'static str| {
+        let client = &db.client;
+        let name = db.name.clone();
+        async move {
+            client
+                .query_one(sql, &[&name])
+                .await
+                .expect("query")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM pg_replication_slots WHERE database = $1").await,
+        0,
+        "no slot"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_publication WHERE current_database() = $1").await,
+        0,
+        "no publication"
+    );
     db.drop_db().await;
 }
 

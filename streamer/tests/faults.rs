@@ -10,8 +10,7 @@ use serde_json::json;
 use walcast_streamer::check::{self, Finding, Level};
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline;
-use walcast_streamer::replication::catalog::parse_lsn;
-use walcast_streamer::replication::transport::WalMessage;
+use walcast_streamer::replication::{parse_lsn, WalMessage};
 
 use crate::support::{eventually, PgServer, TestDb};
 use crate::{record, Running, WAIT};
@@ -380,7 +379,7 @@ async fn non_utf8_text_in_a_sql_ascii_database_is_named() {
 #[tokio::test]
 async fn stream_resumes_from_the_higher_of_slot_and_streamer() {
     use walcast_streamer::pipeline::{Connector, PgConnector};
-    use walcast_streamer::replication::transport::WalStream;
+    use walcast_streamer::replication::WalStream;
     let db = TestDb::new("f_resume").await;
     db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
     let cfg = config(&db.config_yaml("  tables: [t]\n"));

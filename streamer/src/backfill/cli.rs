@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use super::store::{Backfill, State, Store};
 use crate::config::{parse_table, Config};
-use crate::replication::catalog::Catalog;
-use crate::replication::ReplicationError;
+use crate::replication::{Catalog, ReplicationError};
 
 /// What the command was asked.
 #[derive(Debug, Clone)]

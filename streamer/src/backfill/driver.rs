@@ -10,10 +10,9 @@ use super::{Chunk, Coordinator, Mark, HIGH, LOW};
 use crate::config::Config;
 use crate::event::Table;
 use crate::progress::Tracker;
-use crate::replication::catalog::{quote_ident, Catalog, RelationInfo};
-use crate::replication::pgoutput::RelationColumn;
-use crate::replication::transport::SESSION_OPTIONS;
-use crate::replication::ReplicationError;
+use crate::replication::{
+    quote_ident, Catalog, RelationColumn, RelationInfo, ReplicationError, SESSION_OPTIONS,
+};
 
 /// Rows in the first chunk; then adapted to [`CHUNK_BUDGET`].
 const FIRST_CHUNK: usize = 1000;

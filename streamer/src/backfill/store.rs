@@ -11,8 +11,7 @@
 use tokio_postgres::Client;
 
 use super::SCHEMA;
-use crate::replication::catalog::quote_ident;
-use crate::replication::ReplicationError;
+use crate::replication::{quote_ident, ReplicationError};
 
 /// Where a backfill stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use change_event::Action;
 use sha2::{Digest, Sha256};
 
-use crate::replication::pgoutput::{Datum, OldTuple, Tuple};
+use crate::replication::{Datum, OldTuple, Tuple};
 
 /// A table as the stream last described it (Relation message + catalog).
 #[derive(Debug, Clone)]

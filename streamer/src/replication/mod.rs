@@ -21,10 +21,16 @@
 //!   dropped, permission denied, bad password) stop the streamer with a
 //!   message that says what to do. The stream ending is always an error.
 
-pub mod catalog;
-pub mod pgoutput;
-pub mod tls;
-pub mod transport;
+mod catalog;
+mod pgoutput;
+mod tls;
+mod transport;
+
+pub use catalog::{
+    format_lsn, parse_lsn, quote_ident, Catalog, Publication, RelationInfo, SlotState, TableInfo,
+};
+pub use pgoutput::{decode, Datum, DecodeError, OldTuple, PgOutput, RelationColumn, Tuple};
+pub use transport::{connect, ConnectInfo, PgwireStream, WalMessage, WalStream, SESSION_OPTIONS};
 
 /// Why reading the slot stopped.
 #[derive(Debug, thiserror::Error)]

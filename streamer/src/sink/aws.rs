@@ -1,6 +1,8 @@
 //! The one delivery core for SQS and SNS: batching, order per group, retries,
-//! dead-lettering and acceptance. The services ([`super::sqs`], [`super::sns`])
-//! only turn a batch of [`Message`]s into one API call ([`Destination`]).
+//! dead-lettering and acceptance. The core builds every batch entry (body,
+//! attributes, group and deduplication ids: [`Entry`]); the services
+//! ([`super::SqsQueue`], [`super::SnsTopic`]) only map its fields onto one API
+//! call ([`Destination`]).
 //!
 //! ```text
 //!  send() ──permit──▶ channel ──▶ worker: groups { group → queue, in flight? }
@@ -17,14 +19,15 @@
 //! so neither concurrent batches nor a partial batch failure can reorder a group.
 //! Events of different groups overtake each other freely.
 //!
-//! **Retries.** [`classify`] is the one place that decides: throttling, 5xx,
-//! timeouts and connection errors are retried forever with capped, jittered
-//! exponential backoff (the slot holds the WAL meanwhile, nothing later is
-//! confirmed past the event). A message the destination refuses for good goes
-//! to the dead-letter queue when one is configured, else the sink fails and the
-//! streamer stops (the slot keeps the event). Errors about the destination
-//! itself (missing, access denied) stop the streamer: dead-lettering every
-//! event would be worse.
+//! **Retries.** [`classify`] is the one place that decides, from a [`Fault`]
+//! of a whole call or of one entry: throttling, 5xx, timeouts and connection
+//! errors are retried forever with capped, fully jittered backoff
+//! ([`crate::backoff::DELIVERY`]; the slot holds the WAL meanwhile, nothing
+//! later is confirmed past the event). A message the destination refuses for
+//! good goes to the dead-letter queue when one is configured (whose faults are
+//! classified the same way), else the sink fails and the streamer stops (the
+//! slot keeps the event). Errors about the destination itself (missing, access
+//! denied) stop the streamer: dead-lettering every event would be worse.
 //!
 //! **Bounded.** `send` takes [`weight`] permits of [`MAX_HELD_KIB`] (one per KiB of
 //! payload, at least one); they come back when the event is accepted, so the
@@ -33,14 +36,14 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
+use super::fault::{classify, Disposition, Fault, Refusal};
 use super::{Sink, SinkError};
+use crate::backoff;
 use crate::event::Event;
 use crate::progress::Tracker;
 
@@ -58,22 +61,26 @@ pub const MAX_ENTRIES: usize = 10;
 
 /// One message to deliver: an event, or (for the dead-letter queue) an envelope about it.
 #[derive(Debug, Clone)]
-pub struct Message {
+struct Message {
     /// The event.
-    pub event: Arc<Event>,
+    event: Arc<Event>,
     /// A body replacing the event's payload (dead-letter envelope).
-    pub body: Option<String>,
+    body: Option<String>,
 }
 
 impl Message {
+    fn new(event: Arc<Event>) -> Message {
+        Message { event, body: None }
+    }
+
     /// The message body.
-    pub fn body(&self) -> &str {
+    fn body(&self) -> &str {
         self.body.as_deref().unwrap_or(&self.event.payload)
     }
 
     /// The message attributes (`action`, `table_schema`, `table_name`), with any
     /// character SQS and SNS refuse written as `\uXXXX` ([`aws_text`]).
-    pub fn attributes(&self) -> [(&'static str, Cow<'_, str>); 3] {
+    fn attributes(&self) -> [(&'static str, Cow<'_, str>); 3] {
         [
             ("action", Cow::Borrowed(self.event.action.as_str())),
             ("table_schema", aws_text(&self.event.table.schema)),
@@ -82,7 +89,7 @@ impl Message {
     }
 
     /// Size as SQS and SNS count it: body plus attribute names, types and values.
-    pub fn size(&self) -> usize {
+    fn size(&self) -> usize {
         self.body().len()
             + self
                 .attributes()
@@ -90,7 +97,75 @@ impl Message {
                 .map(|(k, v)| k.len() + "String".len() + v.len())
                 .sum::<usize>()
     }
+
+    /// This message as entry `index` of a batch for a FIFO or standard destination.
+    fn entry(&self, index: usize, fifo: bool) -> Entry<'_> {
+        Entry {
+            id: index.to_string(),
+            body: self.body(),
+            attributes: self.attributes(),
+            group_id: fifo.then_some(self.event.group_id.as_str()),
+            deduplication_id: fifo.then(|| self.event.deduplication_id()),
+        }
+    }
 }
+
+/// The entries of a batch for `dest`.
+fn entries<'a>(dest: &impl Destination, batch: &'a [Message]) -> Vec<Entry<'a>> {
+    let fifo = dest.is_fifo();
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, m)| m.entry(i, fifo))
+        .collect()
+}
+
+/// One entry of a batch as SQS and SNS both take it, built by the core; a
+/// service only maps its fields onto its request type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The entry's id in the batch: its index (failed entries name it).
+    pub id: String,
+    /// The message body.
+    pub body: &'a str,
+    /// String attributes `action`, `table_schema`, `table_name` ([`aws_text`]-escaped).
+    pub attributes: [(&'static str, Cow<'a, str>); 3],
+    /// `MessageGroupId` (the event's group id), for a FIFO destination.
+    pub group_id: Option<&'a str>,
+    /// `MessageDeduplicationId` (the event's idempotency key, hashed when over 128
+    /// characters: [`Event::deduplication_id`]), for a FIFO destination.
+    pub deduplication_id: Option<Cow<'a, str>>,
+}
+
+/// The request entries of a batch: each [`Entry`] mapped onto a service's
+/// batch entry type, whose builder takes the body through `$body`
+/// (`message_body` for SQS, `message` for SNS) and attributes of type `$value`.
+/// A macro, not a function: the two SDKs are generated from the same shapes,
+/// so the calls are the same on types that share no trait.
+macro_rules! request_entries {
+    ($entries:expr, $entry:ident, $body:ident, $value:ident) => {
+        $entries
+            .iter()
+            .map(|e| -> Result<$entry, $crate::sink::Fault> {
+                let mut r = $entry::builder()
+                    .id(&e.id)
+                    .$body(e.body)
+                    .set_message_group_id(e.group_id.map(str::to_owned))
+                    .set_message_deduplication_id(e.deduplication_id.as_deref().map(str::to_owned));
+                for (name, value) in &e.attributes {
+                    let value = $value::builder()
+                        .data_type("String")
+                        .string_value(value.as_ref())
+                        .build()
+                        .map_err($crate::sink::Fault::construction)?;
+                    r = r.message_attributes(*name, value);
+                }
+                r.build().map_err($crate::sink::Fault::construction)
+            })
+            .collect::<Result<Vec<$entry>, $crate::sink::Fault>>()
+    };
+}
+pub(super) use request_entries;
 
 /// Whether SQS and SNS accept `c` in a message: XML 1.0's characters, `#x9 #xA
 /// #xD #x20–#xD7FF #xE000–#xFFFD #x10000–#x10FFFF` (a `char` is never a surrogate).
@@ -116,193 +191,21 @@ pub fn aws_text(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// An entry of a batch the destination refused (inside a successful response).
-#[derive(Debug, Clone)]
-pub struct EntryFailure {
-    /// Index of the entry in the batch.
-    pub index: usize,
-    /// Error code.
-    pub code: String,
-    /// Error message.
-    pub message: String,
-    /// The request was at fault (not the service).
-    pub sender_fault: bool,
-}
-
-/// A whole call failed.
-#[derive(Debug, Clone)]
-pub struct CallError {
-    /// Service error code, when the service answered.
-    pub code: Option<String>,
-    /// HTTP status, when the service answered.
-    pub status: Option<u16>,
-    /// No answer: timeout, connection or dispatch failure (always retried).
-    pub transport: bool,
-    /// What happened (no message contents).
-    pub message: String,
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.code, self.status) {
-            (Some(c), Some(s)) => write!(f, "{c} (HTTP {s}): {}", self.message),
-            (Some(c), None) => write!(f, "{c}: {}", self.message),
-            _ => f.write_str(&self.message),
-        }
-    }
-}
-
-/// Converts an AWS SDK error (SQS or SNS: the same type) into a [`CallError`].
-pub fn call_error<E>(
-    e: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
-) -> CallError
-where
-    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    use aws_sdk_sqs::error::SdkError;
-    match e {
-        SdkError::ServiceError(se) => CallError {
-            code: se.err().code().map(str::to_owned),
-            status: Some(se.raw().status().as_u16()),
-            transport: false,
-            message: se.err().message().unwrap_or("").to_owned(),
-        },
-        SdkError::ConstructionFailure(_) => CallError {
-            code: Some("ConstructionFailure".into()),
-            status: None,
-            transport: false,
-            message: format!("{}", aws_sdk_sqs::error::DisplayErrorContext(&e)),
-        },
-        other => {
-            // One line: what kind of failure, and its innermost cause (the OS error).
-            let what = match &other {
-                SdkError::TimeoutError(_) => "timed out",
-                SdkError::DispatchFailure(_) => "cannot reach the endpoint",
-                SdkError::ResponseError(_) => "unreadable response",
-                _ => "request failed",
-            };
-            let mut cause: &(dyn std::error::Error + 'static) = &other;
-            while let Some(next) = cause.source() {
-                cause = next;
-            }
-            let cause = cause.to_string();
-            CallError {
-                code: None,
-                status: None,
-                transport: true,
-                message: if cause == other.to_string() {
-                    what.to_owned()
-                } else {
-                    format!("{what}: {cause}")
-                },
-            }
-        }
-    }
-}
-
-/// What to do about a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Transient: back off and send again.
-    Retry,
-    /// This message is refused for good: dead-letter it (or stop).
-    RejectMessage,
-    /// The destination itself is unusable (missing, no access): stop.
-    Fatal,
-}
-
-/// The one place where failures are classified.
-///
-/// `entry` is true for a failed entry of a batch (then `sender_fault` matters),
-/// false for a failed call.
-pub fn classify(
-    code: Option<&str>,
-    status: Option<u16>,
-    transport: bool,
-    entry: bool,
-    sender_fault: bool,
-) -> Disposition {
-    if transport {
-        return Disposition::Retry;
-    }
-    let c = code.unwrap_or("").to_ascii_lowercase();
-    let any = |keys: &[&str]| keys.iter().any(|k| c.contains(k));
-    if any(&[
-        "throttl",
-        "toomanyrequests",
-        "slowdown",
-        "serviceunavailable",
-        "internalerror",
-        "internalfailure",
-        "requesttimeout",
-        "expiredtoken",
-        "requestexpired",
-    ]) {
-        return Disposition::Retry;
-    }
-    if any(&[
-        "nonexistentqueue",
-        "queuedoesnotexist",
-        "notfound",
-        "accessdenied",
-        "authorization",
-        "invalidclienttokenid",
-        "signaturedoesnotmatch",
-        "unrecognizedclient",
-        "invalidsecurity",
-        "kms",
-        "invalidaddress",
-        "unsupportedoperation",
-        "missingauthentication",
-        "optinrequired",
-        "constructionfailure",
-    ]) {
-        return Disposition::Fatal;
-    }
-    if any(&[
-        "toolong",
-        "toolarge",
-        "invalidmessagecontents",
-        "invalidparameter",
-        "invalidattribute",
-        "validation",
-        "malformed",
-    ]) {
-        return Disposition::RejectMessage;
-    }
-    match status {
-        Some(s) if s >= 500 || s == 429 => Disposition::Retry,
-        _ if entry && !sender_fault => Disposition::Retry,
-        _ if entry => Disposition::RejectMessage,
-        // An unknown refusal of a whole call: stop and say so rather than guess.
-        _ => Disposition::Fatal,
-    }
-}
-
-/// One SQS queue or SNS topic.
+/// One SQS queue or SNS topic: the per-service part of the sink.
 pub trait Destination: Send + Sync + 'static {
     /// Queue URL or topic ARN, for logs.
     fn name(&self) -> &str;
-    /// A FIFO queue or topic.
+    /// A FIFO queue or topic (entries carry group and deduplication ids).
     fn is_fifo(&self) -> bool;
     /// Limit on one message and on one batch together, in bytes.
     fn max_bytes(&self) -> usize;
-    /// Sends up to [`MAX_ENTRIES`] messages in one call. `Ok` lists the failed entries.
+    /// Sends up to [`MAX_ENTRIES`] entries in one call. `Ok` lists the entries
+    /// the service refused, by index, each with a [`Fault::Entry`]; `Err` is the
+    /// fault of the whole call.
     fn send_batch(
         &self,
-        batch: &[Message],
-    ) -> impl Future<Output = Result<Vec<EntryFailure>, CallError>> + Send;
-}
-
-/// Capped, fully jittered exponential backoff: attempt 1 → up to 100 ms, … capped at 20 s.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap_ms: u64 = 100u64
-        .saturating_mul(1u64 << attempt.saturating_sub(1).min(16))
-        .min(20_000);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let jitter = h.finish() % (cap_ms / 2 + 1);
-    Duration::from_millis(cap_ms / 2 + jitter)
+        entries: &[Entry<'_>],
+    ) -> impl Future<Output = Result<Vec<(usize, Fault)>, Fault>> + Send;
 }
 
 struct Shared<D, L> {
@@ -314,9 +217,13 @@ struct Shared<D, L> {
 
 /// The SQS/SNS sink: see the module documentation.
 pub struct AwsSink {
-    tx: mpsc::UnboundedSender<Event>,
+    /// `None` once closed.
+    tx: Option<mpsc::UnboundedSender<Event>>,
     permits: Arc<Semaphore>,
-    fatal: Arc<Mutex<Option<String>>>,
+    /// Why the worker stopped, once it has.
+    fatal: Arc<OnceLock<SinkError>>,
+    /// The delivery worker, until [`Sink::close`] saw it end.
+    worker: Option<JoinHandle<()>>,
 }
 
 impl AwsSink {
@@ -328,7 +235,7 @@ impl AwsSink {
         tracker: Tracker,
     ) -> AwsSink {
         let permits = Arc::new(Semaphore::new(MAX_HELD_KIB));
-        let fatal = Arc::new(Mutex::new(None));
+        let fatal = Arc::new(OnceLock::new());
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             dest,
@@ -336,36 +243,60 @@ impl AwsSink {
             tracker,
             permits: Arc::clone(&permits),
         });
-        tokio::spawn(worker(shared, rx, Arc::clone(&fatal)));
-        AwsSink { tx, permits, fatal }
+        let worker = tokio::spawn(worker(shared, rx, Arc::clone(&fatal)));
+        AwsSink {
+            tx: Some(tx),
+            permits,
+            fatal,
+            worker: Some(worker),
+        }
     }
 
     fn failed(&self) -> SinkError {
-        let msg = self
-            .fatal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| "the delivery worker stopped".into());
-        SinkError::Fatal(msg)
+        match (self.fatal.get(), &self.tx) {
+            (Some(e), _) => e.clone(),
+            (None, None) => SinkError::Closed,
+            (None, Some(_)) => SinkError::Stopped("the delivery worker ended".into()),
+        }
     }
 }
 
 impl Sink for AwsSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
+        let Some(tx) = &self.tx else {
+            return Err(SinkError::Closed);
+        };
         match self.permits.acquire_many(weight(&event)).await {
             Ok(p) => p.forget(),
             Err(_) => return Err(self.failed()),
         }
-        self.tx.send(event).map_err(|_| self.failed())
+        tx.send(event).map_err(|_| self.failed())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         // Batches leave as soon as a slot is free; nothing waits for a full batch.
-        if self.permits.is_closed() {
+        if self.permits.is_closed() || self.tx.is_none() {
             return Err(self.failed());
         }
         Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        // Without a sender the worker delivers what it holds, then ends.
+        self.tx = None;
+        if let Some(worker) = self.worker.as_mut() {
+            let ended = worker.await;
+            self.worker = None;
+            if let Err(e) = ended {
+                let _ = self.fatal.set(SinkError::Stopped(format!(
+                    "the delivery worker failed: {e}"
+                )));
+            }
+        }
+        match self.fatal.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -378,11 +309,11 @@ struct Group {
 async fn worker<D: Destination, L: Destination>(
     shared: Arc<Shared<D, L>>,
     mut rx: mpsc::UnboundedReceiver<Event>,
-    fatal: Arc<Mutex<Option<String>>>,
+    fatal: Arc<OnceLock<SinkError>>,
 ) {
     let mut groups: HashMap<String, Group> = HashMap::new();
     let mut ready: VecDeque<String> = VecDeque::new();
-    let mut tasks: JoinSet<Result<Vec<String>, String>> = JoinSet::new();
+    let mut tasks: JoinSet<Result<Vec<String>, SinkError>> = JoinSet::new();
     let mut open = true;
     let add = |groups: &mut HashMap<String, Group>, ready: &mut VecDeque<String>, e: Event| {
         let g = groups.entry(e.group_id.clone()).or_default();
@@ -410,10 +341,7 @@ async fn worker<D: Destination, L: Destination>(
                 let Some(front) = g.queue.front() else {
                     continue;
                 };
-                let m = Message {
-                    event: Arc::clone(front),
-                    body: None,
-                };
+                let m = Message::new(Arc::clone(front));
                 let size = m.size();
                 // Oversized messages go alone (to be rejected up front).
                 if !batch.is_empty() && (bytes + size > max || size > max) {
@@ -441,7 +369,7 @@ async fn worker<D: Destination, L: Destination>(
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 let done = match done {
                     Ok(r) => r,
-                    Err(e) => Err(format!("delivery task failed: {e}")),
+                    Err(e) => Err(SinkError::Stopped(format!("a delivery task failed: {e}"))),
                 };
                 match done {
                     Ok(keys) => {
@@ -456,9 +384,9 @@ async fn worker<D: Destination, L: Destination>(
                             }
                         }
                     }
-                    Err(msg) => {
-                        tracing::error!(error = %msg, destination = %shared.dest.name(), "sink failed");
-                        *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                    Err(e) => {
+                        tracing::error!(error = %e, destination = %shared.dest.name(), "sink failed");
+                        let _ = fatal.set(e);
                         shared.permits.close();
                         return;
                     }
@@ -479,27 +407,26 @@ async fn worker<D: Destination, L: Destination>(
 }
 
 /// Delivers one batch: retries what failed transiently, dead-letters what is
-/// refused for good. Returns the groups freed, or a fatal error.
+/// refused for good. Returns the groups freed, or why the sink must stop.
 async fn deliver<D: Destination, L: Destination>(
     s: &Shared<D, L>,
     batch: Vec<Message>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, SinkError> {
     let keys: Vec<String> = batch.iter().map(|m| m.event.group_id.clone()).collect();
-    let max = s.dest.max_bytes();
+    let limit = s.dest.max_bytes();
     let mut pending = Vec::with_capacity(batch.len());
     for m in batch {
-        if m.size() > max {
-            let reason = format!(
-                "message of {} bytes is over the {} byte limit of {}",
-                m.size(),
-                max,
-                s.dest.name()
-            );
-            reject(s, &m.event, &reason).await?;
+        let bytes = m.size();
+        if bytes > limit {
+            reject(s, &m.event, Refusal::TooLarge { bytes, limit }).await?;
         } else {
             pending.push(m);
         }
     }
+    let unusable = |fault| SinkError::Unusable {
+        destination: s.dest.name().to_owned(),
+        fault: Box::new(fault),
+    };
     let mut attempt = 0u32;
     // After a whole call is refused as bad, send one at a time to find the culprit.
     let mut one_by_one = false;
@@ -507,124 +434,111 @@ async fn deliver<D: Destination, L: Destination>(
         let take = if one_by_one { 1 } else { pending.len() };
         let chunk: Vec<Message> = pending.drain(..take).collect();
         let mut retry: Vec<Message> = Vec::new();
+        // The fault behind the retry, for the warning.
+        let mut last = None;
         let metrics = s.tracker.metrics();
         metrics.batch();
-        match s.dest.send_batch(&chunk).await {
+        let sent = s.dest.send_batch(&entries(&s.dest, &chunk)).await;
+        match sent {
             Ok(failures) => {
-                let mut failed = vec![None; chunk.len()];
-                for f in failures {
-                    match failed.get_mut(f.index) {
-                        Some(slot) => *slot = Some(f),
+                let mut failed: Vec<Option<Fault>> = vec![None; chunk.len()];
+                for (index, fault) in failures {
+                    match failed.get_mut(index) {
+                        Some(slot) => *slot = Some(fault),
                         // An answer we cannot match to an entry: send them all again.
-                        None => failed.iter_mut().for_each(|slot| {
-                            *slot = Some(EntryFailure {
-                                index: 0,
-                                code: "UnmatchedBatchEntry".into(),
-                                message: "failed entry id not in the batch".into(),
-                                sender_fault: false,
-                            })
-                        }),
+                        None => failed.fill(Some(Fault::Entry {
+                            code: "UnmatchedBatchEntry".into(),
+                            sender_fault: false,
+                            message: "failed entry id not in the batch".into(),
+                        })),
                     }
                 }
                 let mut accepted = Vec::with_capacity(chunk.len());
                 let mut released = 0usize;
-                for (m, f) in chunk.into_iter().zip(failed) {
-                    match f {
-                        None => {
-                            metrics.delivered(&m.event);
-                            released += weight(&m.event) as usize;
-                            accepted.push(m.event.seq)
+                for (m, fault) in chunk.into_iter().zip(failed) {
+                    let Some(fault) = fault else {
+                        metrics.delivered(&m.event);
+                        released += weight(&m.event) as usize;
+                        accepted.push(m.event.seq);
+                        continue;
+                    };
+                    match classify(&fault) {
+                        Disposition::Retry => {
+                            metrics.failed(&m.event);
+                            retry.push(m);
+                            last = Some(fault);
                         }
-                        Some(f) => match classify(
-                            Some(&f.code),
-                            None,
-                            false,
-                            true,
-                            f.sender_fault,
-                        ) {
-                            Disposition::Retry => {
-                                metrics.failed(&m.event);
-                                retry.push(m)
-                            }
-                            Disposition::RejectMessage => {
-                                metrics.failed(&m.event);
-                                reject(s, &m.event, &format!("{}: {}", f.code, f.message)).await?
-                            }
-                            Disposition::Fatal => {
-                                return Err(format!(
-                                    "{} refused a message: {}: {} (the slot keeps the event; fix the destination and restart)",
-                                    s.dest.name(),
-                                    f.code,
-                                    f.message
-                                ))
-                            }
-                        },
+                        Disposition::RejectMessage => {
+                            metrics.failed(&m.event);
+                            reject(s, &m.event, Refusal::Fault(fault)).await?;
+                        }
+                        Disposition::Fatal => return Err(unusable(fault)),
                     }
                 }
                 if !accepted.is_empty() {
                     s.tracker.accept_all(accepted);
                     s.permits.add_permits(released);
                 }
-                if retry.is_empty() {
-                    attempt = 0;
-                }
             }
-            Err(e) => match classify(e.code.as_deref(), e.status, e.transport, false, false) {
+            Err(fault) => match classify(&fault) {
                 Disposition::Retry => {
                     chunk.iter().for_each(|m| metrics.failed(&m.event));
-                    retry = chunk
+                    retry = chunk;
+                    last = Some(fault);
                 }
                 Disposition::RejectMessage if chunk.len() > 1 => {
                     one_by_one = true;
                     retry = chunk;
+                    last = Some(fault);
                 }
                 Disposition::RejectMessage => {
                     for m in &chunk {
-                        reject(s, &m.event, &e.to_string()).await?;
+                        reject(s, &m.event, Refusal::Fault(fault.clone())).await?;
                     }
                 }
-                Disposition::Fatal => {
-                    return Err(format!(
-                        "{} refused the request: {e} (the slot keeps the events; fix the destination or credentials and restart)",
-                        s.dest.name()
-                    ))
-                }
+                Disposition::Fatal => return Err(unusable(fault)),
             },
         }
-        if !retry.is_empty() {
-            attempt += 1;
-            let delay = backoff(attempt);
-            tracing::warn!(
-                destination = %s.dest.name(),
-                messages = retry.len(),
-                attempt,
-                retry_in_ms = delay.as_millis() as u64,
-                "delivery failed; retrying"
-            );
-            tokio::time::sleep(delay).await;
-            // Retried messages go first, in their order, before what was not tried yet.
-            retry.append(&mut pending);
-            pending = retry;
+        if retry.is_empty() {
+            attempt = 0;
+            continue;
         }
+        attempt += 1;
+        let delay = backoff::DELIVERY.delay(attempt);
+        let fault = last.as_ref();
+        tracing::warn!(
+            destination = %s.dest.name(),
+            code = fault.and_then(Fault::code).unwrap_or("none"),
+            error = %fault.map(ToString::to_string).unwrap_or_default(),
+            messages = retry.len(),
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            "delivery failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        // Retried messages go first, in their order, before what was not tried yet.
+        retry.append(&mut pending);
+        pending = retry;
     }
     Ok(keys)
 }
 
-/// A message refused for good: to the dead-letter queue, or a fatal error.
+/// A message refused for good: to the dead-letter queue (retrying what is
+/// transient there too), or the reason the sink stops.
 async fn reject<D: Destination, L: Destination>(
     s: &Shared<D, L>,
     event: &Arc<Event>,
-    reason: &str,
-) -> Result<(), String> {
+    refusal: Refusal,
+) -> Result<(), SinkError> {
     let Some(dlq) = &s.dead_letter else {
-        return Err(format!(
-            "{} refused the change {} of {} for good ({reason}) and no sink.dead_letter_queue_url is set; \
-             the slot keeps the event: set a dead-letter queue or fix the cause, then restart",
-            s.dest.name(),
-            event.idempotency_key,
-            event.table.qualified
-        ));
+        return Err(SinkError::Refused {
+            destination: s.dest.name().to_owned(),
+            idempotency_key: event.idempotency_key.clone(),
+            table: event.table.qualified.clone(),
+            refusal: Box::new(refusal),
+        });
     };
+    let reason = refusal.to_string();
     tracing::warn!(
         table = %event.table.qualified,
         idempotency_key = %event.idempotency_key,
@@ -632,6 +546,47 @@ async fn reject<D: Destination, L: Destination>(
         dead_letter_queue = %dlq.name(),
         "message refused for good; dead-lettering it"
     );
+    let envelope = [envelope(event, &reason, dlq.max_bytes())];
+    let mut attempt = 0;
+    loop {
+        let fault = match dlq.send_batch(&entries(dlq, &envelope)).await {
+            Ok(failed) => match failed.into_iter().next() {
+                None => break,
+                Some((_, fault)) => fault,
+            },
+            Err(fault) => fault,
+        };
+        // An entry's fault is an entry's fault here too: an unknown one on the
+        // service's side is retried, as in `deliver`.
+        if classify(&fault) != Disposition::Retry {
+            return Err(SinkError::DeadLetterRefused {
+                queue: dlq.name().to_owned(),
+                idempotency_key: event.idempotency_key.clone(),
+                table: event.table.qualified.clone(),
+                fault: Box::new(fault),
+            });
+        }
+        attempt += 1;
+        let delay = backoff::DELIVERY.delay(attempt);
+        tracing::warn!(
+            dead_letter_queue = %dlq.name(),
+            code = fault.code().unwrap_or("none"),
+            error = %fault,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            "dead-lettering failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    s.tracker.metrics().dead_lettered(event);
+    s.tracker.accept(event.seq);
+    s.permits.add_permits(weight(event) as usize);
+    Ok(())
+}
+
+/// The dead-letter message about `event`: `{"reason": …, "event": <the event>}`,
+/// or, when that is over `limit`, the event's metadata in place of the event.
+fn envelope(event: &Arc<Event>, reason: &str, limit: usize) -> Message {
     let mut body = String::with_capacity(event.payload.len() + reason.len() + 40);
     body.push_str("{\"reason\":");
     crate::event::write_str(&mut body, reason);
@@ -643,7 +598,7 @@ async fn reject<D: Destination, L: Destination>(
         event: Arc::clone(event),
         body: Some(body),
     };
-    if m.size() > dlq.max_bytes() {
+    if m.size() > limit {
         let b = m.body.get_or_insert_with(String::new);
         b.truncate(head);
         b.push_str("{\"idempotency_key\":");
@@ -661,137 +616,63 @@ async fn reject<D: Destination, L: Destination>(
             event.payload.len()
         ));
     }
-    let mut attempt = 0;
-    loop {
-        let err = match dlq.send_batch(std::slice::from_ref(&m)).await {
-            Ok(f) if f.is_empty() => break,
-            Ok(f) => {
-                let f = &f[0];
-                CallError {
-                    code: Some(f.code.clone()),
-                    status: None,
-                    transport: false,
-                    message: f.message.clone(),
-                }
-            }
-            Err(e) => e,
-        };
-        if classify(err.code.as_deref(), err.status, err.transport, false, false)
-            != Disposition::Retry
-        {
-            return Err(format!(
-                "the dead-letter queue {} refused the change {} of {}: {err}; the slot keeps the event",
-                dlq.name(),
-                event.idempotency_key,
-                event.table.qualified
-            ));
-        }
-        attempt += 1;
-        let delay = backoff(attempt);
-        tracing::warn!(error = %err, dead_letter_queue = %dlq.name(), attempt, "dead-lettering failed; retrying");
-        tokio::time::sleep(delay).await;
-    }
-    s.tracker.metrics().dead_lettered(event);
-    s.tracker.accept(event.seq);
-    s.permits.add_permits(weight(event) as usize);
-    Ok(())
-}
-
-/// The region of a queue URL (`https://sqs.REGION.amazonaws.com/…`, the legacy
-/// `https://REGION.queue.amazonaws.com/…`) or topic ARN (`arn:aws:sns:REGION:…`).
-pub fn region_of(url_or_arn: &str) -> Option<String> {
-    if let Some(rest) = url_or_arn.strip_prefix("arn:") {
-        return rest
-            .split(':')
-            .nth(2)
-            .filter(|r| !r.is_empty())
-            .map(str::to_owned);
-    }
-    let host = url::Url::parse(url_or_arn).ok()?.host_str()?.to_owned();
-    let parts: Vec<&str> = host.split('.').collect();
-    match parts.as_slice() {
-        ["sqs", region, ..] if region.contains('-') => Some((*region).to_owned()),
-        [region, "queue", ..] if region.contains('-') => Some((*region).to_owned()),
-        _ => None,
-    }
-}
-
-/// The AWS configuration for one destination: region (configured, else from the
-/// URL/ARN, else `us-east-1` with an endpoint override), credentials (static
-/// keys from the config, else the default chain), no SDK retries (ours decide).
-pub async fn sdk_config(
-    sink: &crate::config::SinkConfig,
-    url_or_arn: &str,
-) -> Result<aws_config::SdkConfig, SinkError> {
-    let region = match (&sink.region, region_of(url_or_arn), &sink.endpoint_url) {
-        (Some(r), _, _) => r.clone(),
-        (None, Some(r), _) => r,
-        (None, None, Some(_)) => "us-east-1".to_owned(),
-        (None, None, None) => {
-            return Err(SinkError::Fatal(format!(
-                "cannot tell the AWS region of {url_or_arn}: set sink.region"
-            )))
-        }
-    };
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .build(),
-        );
-    if let Some(ep) = &sink.endpoint_url {
-        loader = loader.endpoint_url(ep);
-    }
-    if let (Some(id), Some(secret)) = (&sink.access_key_id, &sink.secret_access_key) {
-        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            id.clone(),
-            secret.expose().to_owned(),
-            None,
-            None,
-            "walcast-config",
-        ));
-    }
-    Ok(loader.load().await)
+    m
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
     use super::*;
 
-    #[test]
-    fn classification() {
-        use Disposition::*;
-        let call = |c: &str, s: u16| classify(Some(c), Some(s), false, false, false);
-        assert_eq!(classify(None, None, true, false, false), Retry);
-        assert_eq!(call("ThrottlingException", 400), Retry);
-        assert_eq!(call("AWS.SimpleQueueService.RequestThrottled", 403), Retry);
-        assert_eq!(call("InternalError", 500), Retry);
-        assert_eq!(call("Whatever", 503), Retry);
-        assert_eq!(call("AWS.SimpleQueueService.NonExistentQueue", 400), Fatal);
-        assert_eq!(call("QueueDoesNotExist", 400), Fatal);
-        assert_eq!(call("NotFound", 404), Fatal);
-        assert_eq!(call("AccessDenied", 403), Fatal);
-        assert_eq!(call("InvalidMessageContents", 400), RejectMessage);
-        assert_eq!(call("InvalidParameterValue", 400), RejectMessage);
-        assert_eq!(call("SomethingNew", 400), Fatal);
-        let entry = |c: &str, sf: bool| classify(Some(c), None, false, true, sf);
-        assert_eq!(entry("InternalError", false), Retry);
-        assert_eq!(entry("SomethingNew", false), Retry);
-        assert_eq!(entry("SomethingNew", true), RejectMessage);
-        assert_eq!(entry("InvalidParameterValue", true), RejectMessage);
+    fn call(code: &str) -> Fault {
+        Fault::Call {
+            code: Some(code.into()),
+            status: Some(400),
+            message: "scripted".into(),
+        }
+    }
+
+    fn entry(code: &str, sender_fault: bool) -> Fault {
+        Fault::Entry {
+            code: code.into(),
+            sender_fault,
+            message: "scripted".into(),
+        }
     }
 
     /// A scripted destination (our trait, not AWS): fails each event's first
     /// attempt as given, records what it accepted, in order.
     #[derive(Default)]
     struct Script {
-        /// seq → failure code of its first attempt (a whole call fails when the code starts with "call:").
-        fail_first: Mutex<HashMap<u64, &'static str>>,
+        /// seq → the fault of its first attempt (a whole call fails on a `Fault::Call`).
+        fail_first: Mutex<HashMap<u64, Fault>>,
+        /// (group, seq) accepted, in order; dead-letter envelopes as seq `u64::MAX`.
         accepted: Mutex<Vec<(String, u64)>>,
         calls: Mutex<Vec<usize>>,
+    }
+
+    impl Script {
+        fn failing(faults: impl IntoIterator<Item = (u64, Fault)>) -> Arc<Script> {
+            let script = Script::default();
+            script.fail_first.lock().expect("lock").extend(faults);
+            Arc::new(script)
+        }
+
+        fn accepted_seqs(&self) -> Vec<u64> {
+            let accepted = self.accepted.lock().expect("lock");
+            accepted.iter().map(|x| x.1).collect()
+        }
+    }
+
+    /// The event's seq, from its deduplication id (`k<seq>`, see `event`).
+    fn seq_of(e: &Entry<'_>) -> u64 {
+        e.deduplication_id
+            .as_deref()
+            .and_then(|k| k.strip_prefix('k'))
+            .and_then(|n| n.parse().ok())
+            .expect("a FIFO entry of a test event")
     }
 
     impl Destination for Arc<Script> {
@@ -804,35 +685,27 @@ mod tests {
         fn max_bytes(&self) -> usize {
             1000
         }
-        async fn send_batch(&self, batch: &[Message]) -> Result<Vec<EntryFailure>, CallError> {
-            self.calls.lock().expect("lock").push(batch.len());
+        async fn send_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
+            self.calls.lock().expect("lock").push(entries.len());
             let mut fail = self.fail_first.lock().expect("lock");
-            for m in batch {
-                if let Some(code) = fail.get(&m.event.seq) {
-                    if let Some(code) = code.strip_prefix("call:") {
-                        fail.remove(&m.event.seq);
-                        return Err(CallError {
-                            code: Some(code.into()),
-                            status: Some(400),
-                            transport: false,
-                            message: "scripted".into(),
-                        });
-                    }
+            for e in entries {
+                if let Some(Fault::Call { .. }) = fail.get(&seq_of(e)) {
+                    return Err(fail.remove(&seq_of(e)).expect("scripted"));
                 }
             }
             let mut failures = Vec::new();
             let mut acc = self.accepted.lock().expect("lock");
-            for (i, m) in batch.iter().enumerate() {
-                match fail.remove(&m.event.seq) {
-                    Some(code) => failures.push(EntryFailure {
-                        index: i,
-                        code: code.into(),
-                        message: "scripted".into(),
-                        sender_fault: code != "InternalError",
-                    }),
+            for (i, e) in entries.iter().enumerate() {
+                assert_eq!(e.id, i.to_string());
+                match fail.remove(&seq_of(e)) {
+                    Some(fault) => failures.push((i, fault)),
                     None => acc.push((
-                        m.event.group_id.clone(),
-                        m.body.as_ref().map_or(m.event.seq, |_| u64::MAX),
+                        e.group_id.expect("FIFO").to_owned(),
+                        if e.body.starts_with("{\"reason\":") {
+                            u64::MAX
+                        } else {
+                            seq_of(e)
+                        },
                     )),
                 }
             }
@@ -841,26 +714,7 @@ mod tests {
     }
 
     fn event(seq: u64, group: &str, payload_len: usize) -> Event {
-        let table = Arc::new(crate::event::Table::new(
-            1,
-            "public".into(),
-            "t".into(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        ));
-        Event {
-            seq,
-            commit_lsn: 1,
-            commit_idx: seq,
-            commit_time_micros: 0,
-            action: change_event::Action::Insert,
-            table,
-            group_id: group.into(),
-            idempotency_key: format!("k{seq}"),
-            pks: String::from("[]"),
-            payload: "x".repeat(payload_len),
-        }
+        super::super::test_event(seq, group, "x".repeat(payload_len))
     }
 
     async fn run_script(
@@ -878,16 +732,51 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(20), tracker.drained())
             .await
             .expect("all accepted");
+        sink.close().await.expect("close");
         tracker
+    }
+
+    /// Sends events until the sink fails; returns its error.
+    async fn failure(script: &Arc<Script>, dlq: Option<Arc<Script>>) -> SinkError {
+        let tracker = Tracker::new(0);
+        let mut sink = AwsSink::start(Arc::clone(script), dlq, tracker.clone());
+        for i in 0..200 {
+            tracker.register();
+            if let Err(e) = sink.send(event(i, "g", 10)).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the sink did not fail");
+    }
+
+    #[tokio::test]
+    async fn entries_carry_body_attributes_and_fifo_ids() {
+        let m = Message::new(Arc::new(event(3, "g", 5)));
+        let e = m.entry(7, true);
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.body,
+                e.group_id,
+                e.deduplication_id.as_deref()
+            ),
+            ("7", "xxxxx", Some("g"), Some("k3"))
+        );
+        assert_eq!(
+            e.attributes.map(|(k, v)| format!("{k}={v}")),
+            ["action=insert", "table_schema=public", "table_name=t"]
+        );
+        let e = m.entry(0, false);
+        assert_eq!((e.group_id, e.deduplication_id.as_deref()), (None, None));
     }
 
     #[tokio::test]
     async fn partial_failures_are_retried_without_reordering_a_group() {
-        let script = Arc::new(Script::default());
-        script.fail_first.lock().expect("lock").extend([
-            (0, "InternalError"),
-            (5, "InternalError"),
-            (7, "call:ThrottlingException"),
+        let script = Script::failing([
+            (0, entry("InternalError", false)),
+            (5, entry("InternalError", false)),
+            (7, call("ThrottlingException")),
         ]);
         let events = (0..40)
             .map(|i| event(i, &format!("g{}", i % 3), 10))
@@ -911,57 +800,115 @@ mod tests {
 
     #[tokio::test]
     async fn permanent_refusals_are_dead_lettered_and_the_group_goes_on() {
-        let script = Arc::new(Script::default());
-        let dlq = Arc::new(Script::default());
-        script.fail_first.lock().expect("lock").extend([
-            (2, "InvalidParameterValue"),
-            (4, "call:InvalidMessageContents"),
+        let script = Script::failing([
+            (2, entry("InvalidParameterValue", true)),
+            (4, call("InvalidMessageContents")),
         ]);
+        let dlq = Arc::new(Script::default());
         // seq 6 is over the 1000-byte limit: refused up front.
         let events = (0..10)
             .map(|i| event(i, "g", if i == 6 { 2000 } else { 10 }))
             .collect();
         run_script(&script, Some(Arc::clone(&dlq)), events).await;
-        let acc: Vec<u64> = script
-            .accepted
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|x| x.1)
-            .collect();
-        assert_eq!(acc, [0, 1, 3, 5, 7, 8, 9]);
-        assert_eq!(dlq.accepted.lock().expect("lock").len(), 3);
+        assert_eq!(script.accepted_seqs(), [0, 1, 3, 5, 7, 8, 9]);
+        assert_eq!(dlq.accepted_seqs(), [u64::MAX; 3]);
+    }
+
+    /// While dead-lettering, an entry's fault is classified as an entry's: an
+    /// unknown fault on the service's side is retried (it was fatal there once),
+    /// a throttled call too; a refusal of the request stops the sink.
+    #[tokio::test]
+    async fn dead_letter_faults_are_classified_as_in_delivery() {
+        let script = Script::failing([
+            (1, entry("InvalidParameterValue", true)),
+            (3, entry("InvalidParameterValue", true)),
+        ]);
+        let dlq = Script::failing([
+            (1, entry("SomethingNew", false)),
+            (3, call("ThrottlingException")),
+        ]);
+        let events = (0..5).map(|i| event(i, "g", 10)).collect();
+        run_script(&script, Some(Arc::clone(&dlq)), events).await;
+        assert_eq!(script.accepted_seqs(), [0, 2, 4]);
+        assert_eq!(dlq.accepted_seqs(), [u64::MAX; 2]);
+
+        let script = Script::failing([(1, entry("InvalidParameterValue", true))]);
+        let dlq = Script::failing([(1, entry("SomethingNew", true))]);
+        match failure(&script, Some(dlq)).await {
+            SinkError::DeadLetterRefused {
+                idempotency_key,
+                fault,
+                ..
+            } => {
+                assert_eq!(idempotency_key, "k1");
+                assert_eq!(*fault, entry("SomethingNew", true));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
     async fn permanent_refusal_without_dead_letter_queue_is_fatal() {
+        let script = Script::failing([(1, entry("InvalidParameterValue", true))]);
+        match failure(&script, None).await {
+            SinkError::Refused {
+                idempotency_key,
+                refusal,
+                ..
+            } => {
+                assert_eq!(idempotency_key, "k1");
+                assert_eq!(
+                    *refusal,
+                    Refusal::Fault(entry("InvalidParameterValue", true))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            script.accepted_seqs(),
+            [0],
+            "nothing of the group after the refused event"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_destination_is_fatal() {
+        let script = Script::failing([(0, call("AWS.SimpleQueueService.NonExistentQueue"))]);
+        let e = failure(&script, None).await;
+        assert!(
+            matches!(&e, SinkError::Unusable { fault, .. }
+                if fault.code() == Some("AWS.SimpleQueueService.NonExistentQueue")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_delivers_what_the_sink_holds_then_refuses_more() {
         let script = Arc::new(Script::default());
-        script
-            .fail_first
-            .lock()
-            .expect("lock")
-            .insert(1, "InvalidParameterValue");
         let tracker = Tracker::new(0);
         let mut sink = AwsSink::start(Arc::clone(&script), None::<Arc<Script>>, tracker.clone());
-        let mut failed = None;
-        for i in 0..200 {
+        for i in 0..25 {
             tracker.register();
-            if let Err(e) = sink.send(event(i, "g", 10)).await {
-                failed = Some(e);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            sink.send(event(i, &format!("g{}", i % 2), 10))
+                .await
+                .expect("send");
         }
-        let e = failed.expect("the sink fails").to_string();
-        assert!(e.contains("dead_letter_queue_url"), "{e}");
-        let acc: Vec<u64> = script
-            .accepted
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|x| x.1)
-            .collect();
-        assert_eq!(acc, [0], "nothing of the group after the refused event");
+        tokio::time::timeout(Duration::from_secs(20), sink.close())
+            .await
+            .expect("closed in time")
+            .expect("close");
+        assert_eq!(
+            tracker.in_flight(),
+            0,
+            "everything accepted before close returned"
+        );
+        assert_eq!(script.accepted_seqs().len(), 25);
+        assert!(matches!(
+            sink.send(event(25, "g", 1)).await,
+            Err(SinkError::Closed)
+        ));
+        assert!(matches!(sink.flush().await, Err(SinkError::Closed)));
+        sink.close().await.expect("closing again");
     }
 
     #[test]
@@ -972,33 +919,5 @@ mod tests {
             "a\\uffffb\\u0001c\\ufffe"
         );
         assert_eq!(aws_text("tab\tünï😀"), "tab\tünï😀");
-    }
-
-    #[test]
-    fn regions() {
-        let r = |s: &str| region_of(s);
-        assert_eq!(
-            r("https://sqs.eu-west-1.amazonaws.com/123/q.fifo").as_deref(),
-            Some("eu-west-1")
-        );
-        assert_eq!(
-            r("https://us-east-2.queue.amazonaws.com/123/q").as_deref(),
-            Some("us-east-2")
-        );
-        assert_eq!(
-            r("arn:aws:sns:ap-south-1:123:t.fifo").as_deref(),
-            Some("ap-south-1")
-        );
-        assert_eq!(r("http://127.0.0.1:4566/000000000000/q"), None);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_grows() {
-        for a in 1..40 {
-            let d = backoff(a);
-            assert!(d <= Duration::from_secs(20), "{a}: {d:?}");
-            assert!(d >= Duration::from_millis(50));
-        }
-        assert!(backoff(10) >= Duration::from_secs(10));
     }
 }

@@ -11,6 +11,8 @@ use crate::progress::Tracker;
 pub struct MemorySink {
     events: Arc<Mutex<Vec<Event>>>,
     tracker: Tracker,
+    /// This handle was closed (its clones may still take events).
+    closed: bool,
 }
 
 impl MemorySink {
@@ -19,28 +21,43 @@ impl MemorySink {
         MemorySink {
             events: Arc::default(),
             tracker,
+            closed: false,
         }
     }
 
     /// The events received so far.
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 impl Sink for MemorySink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
+        if self.closed {
+            return Err(SinkError::Closed);
+        }
         let seq = event.seq;
         self.tracker.metrics().delivered(&event);
         self.events
             .lock()
-            .map_err(|_| SinkError::Fatal("memory sink poisoned".into()))?
+            .unwrap_or_else(|e| e.into_inner())
             .push(event);
         self.tracker.accept(seq);
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
+        match self.closed {
+            true => Err(SinkError::Closed),
+            false => Ok(()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        self.closed = true;
         Ok(())
     }
 }

@@ -1,51 +1,174 @@
-//! Sinks: where events go.
+//! Sinks: where events go. [`Sink`] is the contract every sink keeps; the
+//! delivery guarantees of the project rest on it.
 //!
-//! The contract every sink keeps (the delivery guarantees of the project rest on it):
-//!
-//! - **At least once.** An event handed to [`Sink::send`] is delivered, or the
-//!   sink fails with a [`SinkError`] and the streamer stops. Nothing is dropped
-//!   silently. After a crash, events after the last confirmed LSN are sent
-//!   again (FIFO destinations drop the replays by their deduplication id).
-//! - **Order per group.** Two events with the same `group_id` are delivered in
-//!   the order they were sent; events of different groups may overtake each other.
-//! - **Accepted means durable.** A sink reports an event accepted to the
-//!   [`Tracker`](crate::progress::Tracker) only once its destination holds it
-//!   (AWS answered, the line is written and flushed). Only accepted events
-//!   let the LSN confirmed to Postgres move past them.
-//! - **Bounded.** `send` waits when the sink holds as much as it may: memory
-//!   stays bounded whatever the transaction size.
+//! - [`AwsSink`]: SQS queues and SNS topics through one delivery core
+//!   (batching, order per group, retries, dead-lettering); the services
+//!   ([`SqsQueue`], [`SnsTopic`]) only map a batch onto their API.
+//!   [`Destinations`] connects and checks what the configuration names,
+//!   before anything else happens.
+//! - [`StdoutSink`]: one JSON line per event, written on a thread of its own.
+//! - [`MemorySink`]: keeps events in memory (tests).
 
-pub mod aws;
+mod aws;
+mod destinations;
+mod fault;
 mod memory;
-pub mod sns;
-pub mod sqs;
+mod sns;
+mod sqs;
 mod stdout;
 
-pub use aws::AwsSink;
+pub use aws::{AwsSink, Destination, Entry};
+pub use destinations::Destinations;
+pub use fault::{Fault, Refusal};
 pub use memory::MemorySink;
 pub use sns::SnsTopic;
 pub use sqs::SqsQueue;
 pub use stdout::StdoutSink;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::event::Event;
 
-/// A sink failed for good: the streamer stops rather than lose an event.
-#[derive(Debug, thiserror::Error)]
+/// Why a sink stopped for good. The streamer stops rather than lose an event:
+/// the slot keeps every event not yet accepted.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
-    /// Writing failed and cannot be retried.
-    #[error("sink failed: {0}")]
-    Fatal(String),
+    /// A setting is wrong, or what it names cannot be used: found by the check
+    /// before anything is created.
+    #[error("{setting}: {reason}")]
+    Setting {
+        /// The setting to fix, e.g. `sink.queue_url`.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The destination refused an event for good and no dead-letter queue is set.
+    #[error(
+        "{destination} refused the change {idempotency_key} of {table} for good ({refusal}) and no \
+         sink.dead_letter_queue_url is set; the slot keeps the event: set a dead-letter queue or \
+         fix the cause, then restart"
+    )]
+    Refused {
+        /// Queue URL or topic ARN.
+        destination: String,
+        /// The event's idempotency key.
+        idempotency_key: String,
+        /// The event's table, `schema.table`.
+        table: String,
+        /// Why.
+        refusal: Box<Refusal>,
+    },
+    /// The dead-letter queue refused an event for good.
+    #[error(
+        "the dead-letter queue {queue} refused the change {idempotency_key} of {table}: {fault}; \
+         the slot keeps the event"
+    )]
+    DeadLetterRefused {
+        /// The dead-letter queue's URL.
+        queue: String,
+        /// The event's idempotency key.
+        idempotency_key: String,
+        /// The event's table, `schema.table`.
+        table: String,
+        /// What the queue answered.
+        fault: Box<Fault>,
+    },
+    /// The destination itself cannot be used (missing, access denied, credentials refused).
+    #[error(
+        "{destination} cannot be used: {fault} (the slot keeps the events; fix the destination \
+         or the credentials and restart)"
+    )]
+    Unusable {
+        /// Queue URL or topic ARN.
+        destination: String,
+        /// What it answered.
+        fault: Box<Fault>,
+    },
+    /// Writing the output failed.
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The error (shared: a sink reports its failure to every later call).
+        error: Arc<std::io::Error>,
+    },
+    /// The sink was closed: it takes no more events.
+    #[error("the sink is closed")]
+    Closed,
+    /// The sink's worker ended without a reason: a bug.
+    #[error("the sink stopped: {0} (please report this as a bug)")]
+    Stopped(String),
 }
 
-/// A destination for events. See the module documentation for the contract.
+/// A destination for events. What a caller may rely on, from every sink:
+///
+/// - **Accepted once, when durable, in any order.** For each event handed to
+///   [`send`](Sink::send), the sink calls `accept` on the
+///   [`Tracker`](crate::progress::Tracker) it was built with exactly once, and
+///   only once its destination holds the event (AWS answered, the line was
+///   written and flushed) or, refused for good, the dead-letter queue holds
+///   it. Events are accepted in any order (batches of different groups finish
+///   out of order); the tracker confirms an LSN only once everything before it
+///   was accepted.
+/// - **At least once.** An event handed over is accepted, or the sink fails
+///   with a [`SinkError`]: nothing is dropped silently. After a crash, events
+///   after the last confirmed LSN are sent again (FIFO destinations drop the
+///   replays by their deduplication id).
+/// - **Order per group.** Two events with the same `group_id` reach the
+///   destination in the order they were sent; events of different groups may
+///   overtake each other.
+/// - **Bounded.** `send` waits while the sink holds as much as it may: memory
+///   stays bounded whatever the transaction size.
+/// - **Failure is final, and late.** Delivery runs behind `send`, so an `Err`
+///   from any method may belong to an event handed over earlier; once a sink
+///   has failed, every later call fails too.
 pub trait Sink: Send {
-    /// Takes one event whose `seq` is registered with the tracker. Returns once
-    /// the sink holds it; waits while the sink is full.
+    /// Hands over one event whose `seq` is registered with the tracker.
+    /// Returns once the sink holds it, not once it is delivered (acceptance
+    /// says that); waits while the sink is full. An `Err` may be about an
+    /// earlier event; this one is then not held (nor accepted: the slot keeps it).
     fn send(&mut self, event: Event) -> impl Future<Output = Result<(), SinkError>> + Send;
 
-    /// No more events for now (a transaction ended, or the stream is idle):
-    /// deliver what is buffered without waiting for a full batch.
+    /// Nothing more for now (a transaction ended, or the stream is quiet):
+    /// hands what is buffered to delivery without waiting for a full batch or
+    /// chunk. Returns once it is handed over, **without waiting for delivery**
+    /// (wait on [`Tracker::drained`](crate::progress::Tracker::drained) for
+    /// that). Returns the sink's failure if it has failed, also with nothing
+    /// buffered: the pipeline calls it on a timer to learn of a failure while
+    /// the stream is quiet.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Stops taking events and waits until the sink is done with what it
+    /// holds (delivered and accepted, or failed) and its worker has ended.
+    /// Later calls of `send` and `flush` return [`SinkError::Closed`]. It waits
+    /// as long as delivery does, retries included: bound it with a timeout
+    /// (dropping the future leaves the worker to finish on its own, and a later
+    /// `close` waits again). `Err`: the sink had failed.
+    fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// An insert into `public.t` with idempotency key `k<seq>`, for the sinks' tests.
+#[cfg(test)]
+fn test_event(seq: u64, group: &str, payload: String) -> Event {
+    let table = Arc::new(crate::event::Table::new(
+        1,
+        "public".into(),
+        "t".into(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    ));
+    Event {
+        seq,
+        commit_lsn: 1,
+        commit_idx: seq,
+        commit_time_micros: 0,
+        action: change_event::Action::Insert,
+        table,
+        group_id: group.into(),
+        idempotency_key: format!("k{seq}"),
+        pks: String::from("[]"),
+        payload,
+    }
 }

@@ -2,8 +2,9 @@
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
-use super::aws::{call_error, sdk_config, CallError, Destination, EntryFailure, Message};
-use super::sqs::build_error;
+use super::aws::{request_entries, Destination, Entry};
+use super::destinations::Target;
+use super::fault::Fault;
 use super::SinkError;
 use crate::config::SinkConfig;
 
@@ -14,108 +15,73 @@ pub const SNS_MAX_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct SnsTopic {
     client: aws_sdk_sns::Client,
-    arn: String,
-    fifo: bool,
+    target: Target,
 }
 
 impl SnsTopic {
-    /// A client for `arn`, configured from the sink config.
+    /// A client for the topic `arn` (`sink.topic_arn`).
     pub async fn connect(sink: &SinkConfig, arn: &str) -> Result<SnsTopic, SinkError> {
-        let conf = sdk_config(sink, arn).await?;
+        let (conf, target) = Target::connect(sink, "sink.topic_arn", "SNS topic", arn).await?;
         Ok(SnsTopic {
             client: aws_sdk_sns::Client::new(&conf),
-            arn: arn.to_owned(),
-            fifo: arn.ends_with(".fifo"),
+            target,
         })
     }
 
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// `GetTopicAttributes`: the topic exists, the credentials work, FIFO-ness matches the ARN.
-    pub async fn check(&self) -> Result<String, CallError> {
-        let out = self
+    pub async fn check(&self) -> Result<String, SinkError> {
+        let found = self
             .client
             .get_topic_attributes()
-            .topic_arn(&self.arn)
+            .topic_arn(&self.target.name)
             .send()
             .await
-            .map_err(call_error)?;
-        let fifo = out
-            .attributes()
-            .and_then(|a| a.get("FifoTopic"))
-            .map(|v| v == "true")
-            .unwrap_or(false);
-        if fifo != self.fifo {
-            return Err(CallError {
-                code: None,
-                status: None,
-                transport: false,
-                message: format!(
-                    "topic {} is {}FIFO but its ARN says otherwise",
-                    self.arn,
-                    if fifo { "" } else { "not " }
-                ),
-            });
-        }
-        Ok(format!(
-            "SNS topic {} reachable ({})",
-            self.arn,
-            if fifo { "FIFO" } else { "standard" }
-        ))
+            .map(|out| {
+                out.attributes()
+                    .and_then(|a| a.get("FifoTopic"))
+                    .is_some_and(|v| v == "true")
+            })
+            .map_err(Fault::from_sdk);
+        self.target.verdict(found)
     }
 }
 
 impl Destination for SnsTopic {
     fn name(&self) -> &str {
-        &self.arn
+        &self.target.name
     }
 
     fn is_fifo(&self) -> bool {
-        self.fifo
+        self.target.fifo
     }
 
     fn max_bytes(&self) -> usize {
         SNS_MAX_BYTES
     }
 
-    async fn send_batch(&self, batch: &[Message]) -> Result<Vec<EntryFailure>, CallError> {
-        let mut entries = Vec::with_capacity(batch.len());
-        for (i, m) in batch.iter().enumerate() {
-            let mut e = PublishBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message(m.body());
-            for (k, v) in m.attributes() {
-                e = e.message_attributes(
-                    k,
-                    MessageAttributeValue::builder()
-                        .data_type("String")
-                        .string_value(v.into_owned())
-                        .build()
-                        .map_err(build_error)?,
-                );
-            }
-            if self.fifo {
-                e = e
-                    .message_group_id(&m.event.group_id)
-                    .message_deduplication_id(m.event.deduplication_id());
-            }
-            entries.push(e.build().map_err(build_error)?);
-        }
+    async fn send_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
+        let request = request_entries!(
+            entries,
+            PublishBatchRequestEntry,
+            message,
+            MessageAttributeValue
+        )?;
         let out = self
             .client
             .publish_batch()
-            .topic_arn(&self.arn)
-            .set_publish_batch_request_entries(Some(entries))
+            .topic_arn(&self.target.name)
+            .set_publish_batch_request_entries(Some(request))
             .send()
             .await
-            .map_err(call_error)?;
+            .map_err(Fault::from_sdk)?;
         Ok(out
             .failed()
             .iter()
-            .map(|f| EntryFailure {
-                index: f.id().parse().unwrap_or(usize::MAX),
-                code: f.code().to_owned(),
-                message: f.message().unwrap_or("").to_owned(),
-                sender_fault: f.sender_fault(),
-            })
+            .map(|f| Fault::failed_entry(f.id(), f.code(), f.message(), f.sender_fault()))
             .collect())
     }
 }

@@ -2,7 +2,9 @@
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 
-use super::aws::{call_error, sdk_config, CallError, Destination, EntryFailure, Message};
+use super::aws::{request_entries, Destination, Entry};
+use super::destinations::Target;
+use super::fault::Fault;
 use super::SinkError;
 use crate::config::SinkConfig;
 
@@ -13,118 +15,79 @@ pub const SQS_MAX_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
-    url: String,
-    fifo: bool,
+    target: Target,
 }
 
 impl SqsQueue {
-    /// A client for `url`, configured from the sink config.
-    pub async fn connect(sink: &SinkConfig, url: &str) -> Result<SqsQueue, SinkError> {
-        let conf = sdk_config(sink, url).await?;
+    /// A client for the queue `url`, which the setting `setting` names
+    /// (`sink.queue_url`, `sink.dead_letter_queue_url`; for messages).
+    pub async fn connect(
+        sink: &SinkConfig,
+        setting: &'static str,
+        url: &str,
+    ) -> Result<SqsQueue, SinkError> {
+        let (conf, target) = Target::connect(sink, setting, "SQS queue", url).await?;
         Ok(SqsQueue {
             client: aws_sdk_sqs::Client::new(&conf),
-            url: url.to_owned(),
-            fifo: url.ends_with(".fifo"),
+            target,
         })
     }
 
+    pub(super) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// `GetQueueAttributes`: the queue exists, the credentials work, FIFO-ness matches the URL.
-    pub async fn check(&self) -> Result<String, CallError> {
-        let out = self
+    pub async fn check(&self) -> Result<String, SinkError> {
+        let found = self
             .client
             .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::All)
+            .queue_url(&self.target.name)
+            .attribute_names(QueueAttributeName::FifoQueue)
             .send()
             .await
-            .map_err(call_error)?;
-        let attrs = out.attributes();
-        let fifo = attrs
-            .and_then(|a| a.get(&QueueAttributeName::FifoQueue))
-            .map(|v| v == "true")
-            .unwrap_or(false);
-        if fifo != self.fifo {
-            return Err(CallError {
-                code: None,
-                status: None,
-                transport: false,
-                message: format!(
-                    "queue {} is {}FIFO but its URL says otherwise",
-                    self.url,
-                    if fifo { "" } else { "not " }
-                ),
-            });
-        }
-        Ok(format!(
-            "SQS queue {} reachable ({})",
-            self.url,
-            if fifo { "FIFO" } else { "standard" }
-        ))
+            .map(|out| {
+                out.attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::FifoQueue))
+                    .is_some_and(|v| v == "true")
+            })
+            .map_err(Fault::from_sdk);
+        self.target.verdict(found)
     }
 }
 
 impl Destination for SqsQueue {
     fn name(&self) -> &str {
-        &self.url
+        &self.target.name
     }
 
     fn is_fifo(&self) -> bool {
-        self.fifo
+        self.target.fifo
     }
 
     fn max_bytes(&self) -> usize {
         SQS_MAX_BYTES
     }
 
-    async fn send_batch(&self, batch: &[Message]) -> Result<Vec<EntryFailure>, CallError> {
-        let mut entries = Vec::with_capacity(batch.len());
-        for (i, m) in batch.iter().enumerate() {
-            let mut e = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(m.body());
-            for (k, v) in m.attributes() {
-                e = e.message_attributes(
-                    k,
-                    MessageAttributeValue::builder()
-                        .data_type("String")
-                        .string_value(v.into_owned())
-                        .build()
-                        .map_err(build_error)?,
-                );
-            }
-            if self.fifo {
-                e = e
-                    .message_group_id(&m.event.group_id)
-                    .message_deduplication_id(m.event.deduplication_id());
-            }
-            entries.push(e.build().map_err(build_error)?);
-        }
+    async fn send_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
+        let request = request_entries!(
+            entries,
+            SendMessageBatchRequestEntry,
+            message_body,
+            MessageAttributeValue
+        )?;
         let out = self
             .client
             .send_message_batch()
-            .queue_url(&self.url)
-            .set_entries(Some(entries))
+            .queue_url(&self.target.name)
+            .set_entries(Some(request))
             .send()
             .await
-            .map_err(call_error)?;
+            .map_err(Fault::from_sdk)?;
         Ok(out
             .failed()
             .iter()
-            .map(|f| EntryFailure {
-                index: f.id().parse().unwrap_or(usize::MAX),
-                code: f.code().to_owned(),
-                message: f.message().unwrap_or("").to_owned(),
-                sender_fault: f.sender_fault(),
-            })
+            .map(|f| Fault::failed_entry(f.id(), f.code(), f.message(), f.sender_fault()))
             .collect())
-    }
-}
-
-pub(super) fn build_error(e: impl std::fmt::Display) -> CallError {
-    CallError {
-        code: Some("ConstructionFailure".into()),
-        status: None,
-        transport: false,
-        message: e.to_string(),
     }
 }

@@ -5,12 +5,15 @@
 //! blocks only that thread: the pipeline still sees the shutdown signal and
 //! the operations listener still answers. An event counts as accepted once
 //! the write holding it has returned. At most [`CHUNKS_IN_FLIGHT`] chunks wait
-//! for the writer; past that, `send` waits (memory stays bounded).
+//! for the writer; past that, `send` waits (memory stays bounded). `flush`
+//! hands the partial chunk over; `close` also lets the writer finish and
+//! waits for it (a wait that a timeout can cut short: the writer may be stuck
+//! on a full pipe).
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Sink, SinkError};
 use crate::event::{Event, Table};
@@ -39,9 +42,12 @@ impl Chunk {
 /// Writes events as JSON lines.
 pub struct StdoutSink {
     chunk: Chunk,
-    tx: mpsc::Sender<Chunk>,
+    /// `None` once closed.
+    tx: Option<mpsc::Sender<Chunk>>,
     /// Why the writer stopped, once it has.
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<OnceLock<SinkError>>,
+    /// Ends (with an error: nothing is sent on it) when the writer thread does.
+    writer_done: Option<oneshot::Receiver<()>>,
 }
 
 impl StdoutSink {
@@ -52,7 +58,7 @@ impl StdoutSink {
         let fd = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| SinkError::Fatal(format!("opening stdout: {e}")))?;
+            .map_err(|e| io_error("opening stdout", e))?;
         Ok(Self::with_writer(
             Box::new(std::fs::File::from(fd)),
             tracker,
@@ -62,56 +68,66 @@ impl StdoutSink {
     /// A sink writing to any writer (tests).
     pub fn with_writer(out: Box<dyn Write + Send>, tracker: Tracker) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let failure = Arc::new(Mutex::new(None));
+        let (done, writer_done) = oneshot::channel();
+        let failure = Arc::new(OnceLock::new());
         let failed = Arc::clone(&failure);
         std::thread::Builder::new()
             .name("walcast-stdout".into())
-            .spawn(move || write_chunks(out, rx, tracker, failed))
+            .spawn(move || write_chunks(out, rx, tracker, failed, done))
             .map(drop)
             .unwrap_or_else(|e| {
-                *lock(&failure) = Some(format!("cannot start the stdout writer: {e}"));
+                let _ = failure.set(io_error("cannot start the stdout writer", e));
             });
         StdoutSink {
             chunk: Chunk::new(),
-            tx,
+            tx: Some(tx),
             failure,
+            writer_done: Some(writer_done),
         }
     }
 
     fn failed(&self) -> SinkError {
-        SinkError::Fatal(
-            lock(&self.failure)
-                .clone()
-                .unwrap_or_else(|| "the stdout writer stopped".into()),
-        )
+        match (self.failure.get(), &self.tx) {
+            (Some(e), _) => e.clone(),
+            (None, None) => SinkError::Closed,
+            (None, Some(_)) => SinkError::Stopped("the stdout writer ended".into()),
+        }
     }
 
     async fn hand_over(&mut self) -> Result<(), SinkError> {
+        let Some(tx) = &self.tx else {
+            return Err(self.failed());
+        };
+        if self.failure.get().is_some() {
+            return Err(self.failed());
+        }
         if self.chunk.events.is_empty() {
-            return match lock(&self.failure).is_some() {
-                true => Err(self.failed()),
-                false => Ok(()),
-            };
+            return Ok(());
         }
         let chunk = std::mem::replace(&mut self.chunk, Chunk::new());
-        self.tx.send(chunk).await.map_err(|_| self.failed())
+        tx.send(chunk).await.map_err(|_| self.failed())
     }
 }
 
-fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn io_error(context: &'static str, error: std::io::Error) -> SinkError {
+    SinkError::Io {
+        context,
+        error: Arc::new(error),
+    }
 }
 
-/// The writer thread: writes each chunk, then accepts its events.
+/// The writer thread: writes each chunk, then accepts its events. Drops
+/// `_done` when it ends, however it ends.
 fn write_chunks(
     mut out: Box<dyn Write + Send>,
     mut rx: mpsc::Receiver<Chunk>,
     tracker: Tracker,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<OnceLock<SinkError>>,
+    _done: oneshot::Sender<()>,
 ) {
     while let Some(chunk) = rx.blocking_recv() {
         if let Err(e) = out.write_all(&chunk.bytes).and_then(|()| out.flush()) {
-            *lock(&failure) = Some(format!("writing to stdout: {e}"));
+            let _ = failure.set(io_error("writing to stdout", e));
             return;
         }
         let metrics = tracker.metrics();
@@ -125,6 +141,9 @@ fn write_chunks(
 
 impl Sink for StdoutSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
+        if self.tx.is_none() || self.failure.get().is_some() {
+            return Err(self.failed());
+        }
         self.chunk.bytes.extend_from_slice(event.payload.as_bytes());
         self.chunk.bytes.push(b'\n');
         self.chunk
@@ -138,5 +157,92 @@ impl Sink for StdoutSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.hand_over().await
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        let handed = match self.tx {
+            Some(_) => self.hand_over().await,
+            None => Ok(()),
+        };
+        // Without a sender the writer writes what it has, then ends.
+        self.tx = None;
+        if let Some(done) = self.writer_done.as_mut() {
+            let _ = done.await;
+            self.writer_done = None;
+        }
+        match self.failure.get() {
+            Some(e) => Err(e.clone()),
+            None => handed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        super::super::test_event(seq, "g", format!("{{\"n\":{seq}}}"))
+    }
+
+    #[tokio::test]
+    async fn close_writes_the_partial_chunk_and_waits_for_the_writer() {
+        let out = Shared::default();
+        let tracker = Tracker::new(0);
+        let mut sink = StdoutSink::with_writer(Box::new(out.clone()), tracker.clone());
+        for _ in 0..3 {
+            let seq = tracker.register();
+            sink.send(event(seq)).await.expect("send");
+        }
+        sink.close().await.expect("close");
+        assert_eq!(tracker.in_flight(), 0, "accepted once close returned");
+        let written = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(written, "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+        assert!(matches!(sink.send(event(3)).await, Err(SinkError::Closed)));
+        assert!(matches!(sink.flush().await, Err(SinkError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_later_call() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let tracker = Tracker::new(0);
+        let mut sink = StdoutSink::with_writer(Box::new(Broken), tracker.clone());
+        let seq = tracker.register();
+        sink.send(event(seq)).await.expect("held");
+        sink.flush().await.expect("handed over");
+        match sink.close().await {
+            Err(SinkError::Io { context, error }) => {
+                assert_eq!(context, "writing to stdout");
+                assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tracker.in_flight(), 1, "not accepted");
+        assert!(matches!(
+            sink.send(event(1)).await,
+            Err(SinkError::Io { .. })
+        ));
     }
 }
