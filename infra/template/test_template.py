@@ -51,6 +51,7 @@ CONFIG_KEYS = {
 CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
 }
+STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
 PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::StackId",
           "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
 
@@ -180,6 +181,26 @@ def refs(node) -> set[str]:
         for item in node:
             found |= refs(item)
     return found
+
+
+def streamer_config_keys() -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
+    """The configuration the streamer reads, from its source (streamer/src/config.rs): the
+    keys of each section (the fields of `Config` and of each `<Section>Config` struct, with
+    serde renames), and the variable of each (section, key) from its WALCAST_* table."""
+    src = STREAMER_CONFIG_RS.read_text()
+    structs = {m.group(1): m.group(2) for m in re.finditer(r"pub struct (\w*)Config \{(.*?)\n\}", src, re.S)}
+
+    def fields(body: str) -> set[str]:
+        keys = set()
+        for f in re.finditer(r"((?:\s*#\[[^\n]*\]|\s*///[^\n]*)*)\s*pub (\w+):", body):
+            renamed = re.search(r'rename\s*=\s*"(\w+)"', f.group(1))
+            keys.add(renamed.group(1) if renamed else f.group(2))
+        return keys
+
+    sections = {name: fields(structs[name.capitalize()]) for name in fields(structs[""])}
+    env = {(section, key): var for var, section, key in
+           re.findall(r'\(\s*"(WALCAST_\w+)",\s*"(\w+)",\s*"(\w+)"', src)}
+    return sections, env
 
 
 def statements(policy_document: dict) -> list[dict]:
@@ -597,6 +618,28 @@ class InfraFilesTest(unittest.TestCase):
             self.assertEqual(config["sink"]["type"], sink)
             self.assertNotIn("url", config["source"], f"{rel}: the database URL is a secret")
             self.assertNotIn("secret_access_key", config["sink"], rel)
+
+    def test_root_example_config_has_every_key_the_streamer_reads(self):
+        """streamer.example.yaml shows every key of streamer/src/config.rs, each with its
+        variable; keys that are commented out (topic_arn, credentials, …) count once
+        uncommented. A key added to the streamer fails this until the example shows it."""
+        text = (REPO / "streamer.example.yaml").read_text()
+        sections, env = streamer_config_keys()
+        self.assertTrue(sections.get("source") and sections.get("sink"), "config.rs parsed")
+        active = yaml.safe_load(text)
+        for section, keys in active.items():
+            self.assertLessEqual(set(keys), sections.get(section, set()), f"unknown keys in {section}")
+        uncommented = yaml.safe_load(re.sub(r"(?m)^(\s*)# (?=[a-z_]+: )", r"\1", text))
+        self.assertEqual(set(uncommented), set(sections))
+        for section, keys in sections.items():
+            self.assertEqual(set(uncommented[section]), keys, section)
+        for (section, key), var in env.items():
+            lines = [line for line in text.splitlines() if re.match(rf"\s*(# )?{key}: ", line)]
+            self.assertTrue(any(re.search(rf"# {var}\b", line) for line in lines),
+                            f"no line of {section}.{key} shows {var}")
+        self.assertEqual(active["source"]["url"].split("@")[0], "postgres://walcast:secret",
+                         "a placeholder password only")
+        self.assertNotIn("secret_access_key", active["sink"], "credentials stay commented out")
 
     def test_systemd_unit(self):
         unit = (INFRA / "ec2" / "walcast-streamer.service").read_text()

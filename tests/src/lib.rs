@@ -69,7 +69,7 @@ fn run(command: &mut Command, what: &str) -> Result<String> {
 
 /// Builds the streamer and the two functions (debug, as `cargo test` already did for
 /// the workspace) and returns the directory holding the binaries.
-fn build_binaries() -> Result<PathBuf> {
+pub fn build_binaries() -> Result<PathBuf> {
     let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(
