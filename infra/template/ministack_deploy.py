@@ -232,6 +232,22 @@ def check_streamer(c: dict, name: str, stack: dict, secret_arn: str) -> None:
               env)
 
 
+def check_dashboard(c: dict, name: str, stack: dict) -> None:
+    """The dashboard exists, its body is JSON, and it names this stack's queue and functions."""
+    dashboard = physical(stack, "Dashboard")
+    body = json.loads(c["cloudwatch"].get_dashboard(DashboardName=dashboard)["DashboardBody"])
+    dimensions = {d for w in body["widgets"] for m in w["properties"]["metrics"] for d in m
+                  if isinstance(d, str)}
+    queue = stack["outputs"].get("QueueUrl", "").rsplit("/", 1)[-1]
+    wanted = {queue, stack["outputs"].get("ConsumerSqsFunctionName"), stack["outputs"].get("ConsumerSnsFunctionName")}
+    wanted.discard("")
+    wanted.discard(None)
+    check(f"{name}: dashboard {dashboard} plots the queue and the functions", wanted <= dimensions,
+          wanted - dimensions)
+    check(f"{name}: DashboardUrl output names it", stack["outputs"].get("DashboardUrl", "").endswith(f"name={dashboard}"),
+          stack["outputs"].get("DashboardUrl"))
+
+
 def guarded(label: str, fn, *args) -> None:
     """Runs a group of checks; an API error (e.g. an operation MiniStack lacks) fails it."""
     try:
@@ -252,6 +268,7 @@ def main(endpoint: str) -> int:
     check("walcast-defaults: DLQ and Errors alarms", {"DeadLetterQueueAlarm", "ConsumerSqsErrorsAlarm"}
           <= set(stack["resources"]), sorted(stack["resources"]))
     guarded("walcast-defaults: SQS path", check_sqs_path, c, "walcast-defaults", stack)
+    guarded("walcast-defaults: dashboard", check_dashboard, c, "walcast-defaults", stack)
 
     print("== stack walcast-all (DeliveryPath=Both, filter policy, lag alarm, ECS streamer)")
     secret_arn = c["secretsmanager"].create_secret(
@@ -271,6 +288,7 @@ def main(endpoint: str) -> int:
     guarded("walcast-all: SQS path", check_sqs_path, c, "walcast-all", stack)
     guarded("walcast-all: SNS path", check_sns_path, c, "walcast-all", stack, filter_policy)
     guarded("walcast-all: streamer", check_streamer, c, "walcast-all", stack, secret_arn)
+    guarded("walcast-all: dashboard", check_dashboard, c, "walcast-all", stack)
     alarms = [a["AlarmName"] for a in c["cloudwatch"].describe_alarms()["MetricAlarms"]]
     for logical_id in ("DeadLetterQueueAlarm", "SnsSubscriptionDeadLetterQueueAlarm", "SnsFailureQueueAlarm",
                        "ConsumerSqsErrorsAlarm", "ConsumerSnsErrorsAlarm", "ReplicationLagAlarm"):

@@ -52,6 +52,39 @@ CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
 }
 STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
+# The streamer's CloudWatch (EMF) metrics: namespace, names, dimension sets.
+EMF_METRICS = INFRA / "metrics-emf.txt"
+# AWS metrics the dashboard may plot, as AWS documents them: names and dimensions.
+AWS_METRICS = {
+    # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-available-cloudwatch-metrics.html
+    "AWS/SQS": ({"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesDelayed",
+                 "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesVisible",
+                 "NumberOfDeduplicatedSentMessages", "NumberOfEmptyReceives", "NumberOfMessagesDeleted",
+                 "NumberOfMessagesReceived", "NumberOfMessagesSent", "SentMessageSize"},
+                {"QueueName"}),
+    # https://docs.aws.amazon.com/lambda/latest/dg/monitoring-metrics-types.html
+    "AWS/Lambda": ({"Invocations", "Errors", "DeadLetterErrors", "DestinationDeliveryFailures", "Throttles",
+                    "OversizedRecordCount", "ProvisionedConcurrencyInvocations",
+                    "ProvisionedConcurrencySpilloverInvocations", "RecursiveInvocationsDropped", "Duration",
+                    "PostRuntimeExtensionsDuration", "IteratorAge", "OffsetLag", "ConcurrentExecutions",
+                    "ProvisionedConcurrentExecutions", "ProvisionedConcurrencyUtilization",
+                    "UnreservedConcurrentExecutions", "ClaimedAccountConcurrency", "AsyncEventsReceived",
+                    "AsyncEventAge", "AsyncEventsDropped"},
+                   {"FunctionName", "Resource", "ExecutedVersion"}),
+    # https://docs.aws.amazon.com/sns/latest/dg/sns-monitoring-using-cloudwatch.html
+    "AWS/SNS": ({"NumberOfMessagesPublished", "NumberOfNotificationsDelivered", "NumberOfNotificationsFailed",
+                 "NumberOfNotificationsFilteredOut", "NumberOfNotificationsFilteredOut-NoMessageAttributes",
+                 "NumberOfNotificationsFilteredOut-InvalidAttributes", "NumberOfNotificationsFilteredOut-MessageBody",
+                 "NumberOfNotificationsFilteredOut-InvalidMessageBody", "NumberOfNotificationsRedrivenToDlq",
+                 "NumberOfNotificationsFailedToRedriveToDlq", "PublishSize"},
+                {"TopicName"}),
+}
+# What each AWS dimension must name in this template: (resource type, attribute; None = Ref).
+DIMENSION_TARGETS = {
+    "QueueName": ("AWS::SQS::Queue", "QueueName"),
+    "FunctionName": ("AWS::Lambda::Function", None),
+    "TopicName": ("AWS::SNS::Topic", "TopicName"),
+}
 PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::StackId",
           "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
 
@@ -201,6 +234,78 @@ def streamer_config_keys() -> tuple[dict[str, set[str]], dict[tuple[str, str], s
     env = {(section, key): var for var, section, key in
            re.findall(r'\(\s*"(WALCAST_\w+)",\s*"(\w+)",\s*"(\w+)"', src)}
     return sections, env
+
+
+def emf_metrics() -> tuple[str, dict[str, set[frozenset[str]]]]:
+    """infra/metrics-emf.txt: the namespace, and each metric's dimension sets."""
+    namespace, metrics = "", {}
+    for line in EMF_METRICS.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "namespace":
+            namespace = words[1]
+            continue
+        name, _unit, *dimension_sets = words
+        metrics[name] = {frozenset(d.split(",")) for d in dimension_sets}
+    return namespace, metrics
+
+
+def substitute(eff: Effective, node) -> str:
+    """A string built with Fn::Join and Fn::Sub, as CloudFormation would build it for
+    `eff`: parameters and pseudo parameters by value, `${!x}` as `${x}`, and a resource
+    (`${Queue.QueueName}`, `${ConsumerSqsFunction}`) as `<Queue.QueueName>` after checking
+    that it exists in this scenario."""
+    if isinstance(node, str):
+        return node
+    (fn, args), = node.items()
+    if fn == "Fn::Join":
+        return args[0].join(substitute(eff, part) for part in args[1])
+    if fn == "Fn::Sub":
+        assert isinstance(args, str), "Fn::Sub with a variable map is not handled here"
+
+        def one(match: re.Match) -> str:
+            name = match.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in eff.values:
+                value = eff.values[name]
+                return ",".join(value) if isinstance(value, list) else str(value)
+            assert name.split(".")[0] in eff.resources, f"${{{name}}}: no such resource in this scenario"
+            return f"<{name}>"
+
+        return re.sub(r"\$\{([^}]*)\}", one, args)
+    raise AssertionError(f"unsupported function {fn} in a string")
+
+
+def dashboard(eff: Effective) -> dict:
+    return json.loads(substitute(eff, eff.props("Dashboard")["DashboardBody"]))
+
+
+SEARCH = re.compile(r"""^SEARCH\('\{([^}]*)\}\s+MetricName="([^"]+)"\s*',\s*'(\w+)',\s*(\d+)\)$""")
+
+
+def plotted(body: dict) -> list[dict]:
+    """Every metric the dashboard's widgets plot: namespace, name, dimensions (name → value,
+    or None for a SEARCH over every value), and the widget's title."""
+    out = []
+    for widget in body["widgets"]:
+        props = widget["properties"]
+        for entry in props["metrics"]:
+            if isinstance(entry[0], dict) and "expression" in entry[0]:
+                found = SEARCH.match(entry[0]["expression"])
+                assert found, f"{props['title']}: not a SEARCH this test reads: {entry[0]['expression']}"
+                namespace, *dimensions = found.group(1).split(",")
+                out.append({"namespace": namespace, "name": found.group(2), "title": props["title"],
+                            "dimensions": dict.fromkeys(dimensions)})
+            else:
+                fields = [x for x in entry if not isinstance(x, dict)]
+                assert "." not in fields, f"{props['title']}: spell out every metric (no '.')"
+                namespace, name, *pairs = fields
+                assert len(pairs) % 2 == 0, entry
+                out.append({"namespace": namespace, "name": name, "title": props["title"],
+                            "dimensions": dict(zip(pairs[::2], pairs[1::2]))})
+    return out
 
 
 def statements(policy_document: dict) -> list[dict]:
@@ -606,6 +711,83 @@ class AlarmsAndEncryptionTest(unittest.TestCase):
         for lid, queue in eff.of_type("AWS::SQS::Queue").items():
             self.assertIs(queue["Properties"]["SqsManagedSseEnabled"], True, lid)
         self.assertTrue(eff.props("Topic")["KmsMasterKeyId"])
+
+
+class DashboardTest(unittest.TestCase):
+    """The CloudWatch dashboard plots only metrics that exist, and the ones that matter."""
+
+    def scenarios(self):
+        for path, queue_type, streamer in itertools.product(PATHS, ("fifo", "standard"), (False, True)):
+            params = {"DeliveryPath": path, "QueueType": queue_type, **(STREAMER if streamer else {})}
+            yield params, Effective(**params)
+
+    def test_body_is_json_with_a_metric_widget_list_in_every_scenario(self):
+        for params, eff in self.scenarios():
+            with self.subTest(path=params["DeliveryPath"], queue=params["QueueType"]):
+                body = dashboard(eff)
+                self.assertTrue(body["widgets"])
+                for widget in body["widgets"]:
+                    props = widget["properties"]
+                    self.assertEqual(widget["type"], "metric")
+                    self.assertEqual(props["region"], "eu-west-1")
+                    self.assertTrue(props["title"] and props["metrics"], props)
+                    self.assertLessEqual(widget.get("width", 6), 24)
+        self.assertEqual(Effective().outputs["DashboardUrl"]["Value"]["Fn::Sub"].count("${Dashboard}"), 1)
+
+    def test_every_aws_metric_is_one_aws_documents_on_a_resource_of_this_stack(self):
+        for params, eff in self.scenarios():
+            for metric in plotted(dashboard(eff)):
+                if not metric["namespace"].startswith("AWS/"):
+                    continue
+                label = f"{params['DeliveryPath']}: {metric['title']}: {metric['namespace']} {metric['name']}"
+                self.assertIn(metric["namespace"], AWS_METRICS, label)
+                names, dimensions = AWS_METRICS[metric["namespace"]]
+                self.assertIn(metric["name"], names, f"{label} is not a documented metric")
+                self.assertLessEqual(set(metric["dimensions"]), dimensions, label)
+                for dimension, value in metric["dimensions"].items():
+                    type_, attribute = DIMENSION_TARGETS[dimension]
+                    target = re.fullmatch(r"<(\w+)(?:\.(\w+))?>", value or "")
+                    self.assertTrue(target, f"{label}: {dimension} is not a resource of the stack")
+                    logical_id, attr = target.groups()
+                    self.assertEqual((eff.resources[logical_id]["Type"], attr), (type_, attribute), label)
+
+    def test_every_streamer_metric_is_one_it_publishes(self):
+        namespace, metrics = emf_metrics()
+        self.assertEqual(namespace, "walcast")
+        self.assertTrue(metrics, "infra/metrics-emf.txt lists no metric")
+        seen = set()
+        for params, eff in self.scenarios():
+            for metric in plotted(dashboard(eff)):
+                if metric["namespace"].startswith("AWS/"):
+                    continue
+                label = f"{metric['title']}: {metric['namespace']} {metric['name']}"
+                self.assertEqual(metric["namespace"], namespace, label)
+                self.assertIn(metric["name"], metrics, f"{label}: not in infra/metrics-emf.txt")
+                self.assertIn(frozenset(metric["dimensions"]), metrics[metric["name"]],
+                              f"{label}: the streamer publishes it with {sorted(map(sorted, metrics[metric['name']]))}")
+                seen.add(metric["name"])
+        for wanted in ("EventsReceived", "EventsDelivered", "ReplicationLagBytes", "DeliveryLatency"):
+            self.assertIn(wanted, seen, "the streamer's throughput, lag and latency are on the dashboard")
+
+    def test_every_queue_function_and_topic_of_a_scenario_is_watched(self):
+        for params, eff in self.scenarios():
+            with self.subTest(path=params["DeliveryPath"], queue=params["QueueType"]):
+                metrics = plotted(dashboard(eff))
+
+                def on(logical_id: str) -> set[str]:
+                    return {m["name"] for m in metrics
+                            if any((v or "").split(".")[0] == f"<{logical_id}" for v in m["dimensions"].values())
+                            or f"<{logical_id}>" in m["dimensions"].values()}
+
+                for queue in eff.of_type("AWS::SQS::Queue"):
+                    self.assertIn("ApproximateNumberOfMessagesVisible", on(queue), queue)
+                if "Queue" in eff.resources:
+                    self.assertIn("ApproximateAgeOfOldestMessage", on("Queue"))
+                for function in eff.of_type("AWS::Lambda::Function"):
+                    self.assertLessEqual({"Errors", "Duration", "ConcurrentExecutions", "Throttles"}, on(function),
+                                         function)
+                if "Topic" in eff.resources:
+                    self.assertLessEqual({"NumberOfNotificationsFailed", "NumberOfNotificationsDelivered"}, on("Topic"))
 
 
 class InfraFilesTest(unittest.TestCase):
