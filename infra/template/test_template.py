@@ -52,6 +52,8 @@ CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
 }
 STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
+STREAMER_OPS_RS = REPO / "streamer" / "src" / "ops.rs"
+GRAFANA_DASHBOARD = INFRA / "grafana" / "walcast.json"
 # The streamer's CloudWatch (EMF) metrics: namespace, names, dimension sets.
 EMF_METRICS = INFRA / "metrics-emf.txt"
 # AWS metrics the dashboard may plot, as AWS documents them: names and dimensions.
@@ -306,6 +308,16 @@ def plotted(body: dict) -> list[dict]:
                 out.append({"namespace": namespace, "name": name, "title": props["title"],
                             "dimensions": dict(zip(pairs[::2], pairs[1::2]))})
     return out
+
+
+def prometheus_metrics() -> tuple[set[str], set[str]]:
+    """The series names and the label names the streamer's /metrics writes, from its source
+    (streamer/src/ops.rs): every string literal that starts with `walcast_`, and every
+    label in the exposition format strings (`{{table=\"{t}\",…}}`)."""
+    src = STREAMER_OPS_RS.read_text()
+    names = set(re.findall(r'"(walcast_[a-z0-9_]+)', src))
+    labels = set(re.findall(r'[{,]([a-z_]+)=\\"', src))
+    return names, labels
 
 
 def statements(policy_document: dict) -> list[dict]:
@@ -788,6 +800,73 @@ class DashboardTest(unittest.TestCase):
                                          function)
                 if "Topic" in eff.resources:
                     self.assertLessEqual({"NumberOfNotificationsFailed", "NumberOfNotificationsDelivered"}, on("Topic"))
+
+
+class GrafanaDashboardTest(unittest.TestCase):
+    """infra/grafana/walcast.json queries only series and labels the streamer's /metrics has."""
+
+    # Labels Prometheus adds to every scraped series.
+    TARGET_LABELS = {"instance", "job"}
+
+    def dashboard(self) -> dict:
+        return json.loads(GRAFANA_DASHBOARD.read_text())
+
+    def expressions(self) -> list[tuple[str, str]]:
+        out = []
+        for panel in self.dashboard()["panels"]:
+            for target in panel.get("targets", []):
+                out.append((panel["title"], target["expr"]))
+        for variable in self.dashboard()["templating"]["list"]:
+            if variable["type"] == "query":
+                out.append((f"variable {variable['name']}", variable["definition"]))
+        return out
+
+    def test_ops_rs_was_read(self):
+        names, labels = prometheus_metrics()
+        self.assertIn("walcast_events_delivered_total", names)
+        self.assertIn("walcast_delivery_latency_seconds_bucket", names)
+        self.assertLessEqual({"table", "action", "le"}, labels)
+
+    def test_every_walcast_series_is_one_the_streamer_writes(self):
+        names, _ = prometheus_metrics()
+        used = set()
+        for title, expr in self.expressions():
+            series = set(re.findall(r"\bwalcast_[a-z0-9_]+", expr))
+            self.assertTrue(series, f"{title}: no walcast_ series in {expr}")
+            self.assertLessEqual(series, names, f"{title}: not in streamer/src/ops.rs: {series - names}")
+            used |= series
+        for wanted in ("walcast_events_delivered_total", "walcast_replication_lag_bytes",
+                       "walcast_delivery_latency_seconds_bucket", "walcast_up"):
+            self.assertIn(wanted, used)
+
+    def test_every_label_is_one_the_streamer_or_prometheus_sets(self):
+        _, labels = prometheus_metrics()
+        allowed = labels | self.TARGET_LABELS
+        for title, expr in self.expressions():
+            selectors = re.findall(r"\{([^}]*)\}", expr)
+            used = {m for sel in selectors for m in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", sel)}
+            used |= {m for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+                     for m in re.findall(r"[a-z_]+", group)}
+            self.assertLessEqual(used, allowed, f"{title}: unknown labels {used - allowed}")
+            self.assertEqual(expr.count("("), expr.count(")"), title)
+            self.assertEqual(expr.count("{"), expr.count("}"), title)
+        for panel in self.dashboard()["panels"]:
+            for legend in (t.get("legendFormat", "") for t in panel.get("targets", [])):
+                self.assertLessEqual(set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", legend)), allowed, panel["title"])
+
+    def test_panels_are_laid_out_and_use_the_datasource_variable(self):
+        dashboard = self.dashboard()
+        ids = [p["id"] for p in dashboard["panels"]]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are unique")
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        self.assertLessEqual({"datasource", "instance"}, variables)
+        for panel in dashboard["panels"]:
+            grid = panel["gridPos"]
+            self.assertLessEqual(grid["x"] + grid["w"], 24, panel["title"])
+            if panel["type"] != "row":
+                self.assertEqual(panel["datasource"]["uid"], "${datasource}", panel["title"])
+                for target in panel["targets"]:
+                    self.assertIn('instance=~"$instance"', target["expr"], panel["title"])
 
 
 class InfraFilesTest(unittest.TestCase):
