@@ -180,7 +180,8 @@ ministack_deploy() {
   say "deploy to MiniStack (local CloudFormation + SAM transform) and check the resources"
   local port log="$OUT/ministack-deploy.log" deadline line
   port=$("$MINISTACK_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  (cd "$OUT" && BIND_HOST=127.0.0.1 GATEWAY_PORT=$port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
+  # TMPDIR: MiniStack's function code cache (ministack-provided-code-<port>) goes with $OUT.
+  (cd "$OUT" && TMPDIR="$OUT" BIND_HOST=127.0.0.1 GATEWAY_PORT=$port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
     exec "$MINISTACK_VENV/bin/ministack" >"$OUT/ministack.log" 2>&1) &
   MINISTACK_PID=$!
   deadline=$((SECONDS + 60))
