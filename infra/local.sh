@@ -41,18 +41,23 @@ case "$path" in
 esac
 
 started=$SECONDS
-echo "installing what is missing (infra/setup.sh)…"
-bash infra/setup.sh >/dev/null
+step() { printf '[%4d s] %s\n' "$((SECONDS - started))" "$*"; }
+step "installing what is missing: Postgres 15, MiniStack (infra/setup.sh --local)…"
+bash infra/setup.sh --local >/dev/null
 venv="$(bash infra/template/install-ministack.sh)"
 bin=/usr/lib/postgresql/15/bin
 run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Debug builds: they share the target directory with `cargo test`, and a debug bootstrap
-# starts in milliseconds here.
-echo "building the streamer and the consumer functions…"
-cargo build -q -p walcast-streamer -p consumer-sqs -p consumer-sns --bins
+# starts in milliseconds here. On a terminal cargo shows its progress bar; elsewhere
+# (CI, a log file) it stays quiet and the step lines give the time.
+step "building the streamer and the consumer functions (the first build takes a few minutes)…"
+quiet=-q
+[ -t 2 ] && quiet=
+cargo build $quiet -p walcast-streamer -p consumer-sqs -p consumer-sns --bins
 build="${CARGO_TARGET_DIR:-$root/target}/debug"
+step "built"
 
 work="$(mktemp -d /tmp/walcast-local.XXXXXX)"
 port="$(free_port)"
@@ -68,12 +73,15 @@ cleanup() {
   # MiniStack stops the function processes it started when it gets SIGTERM.
   if [ -n "$ministack_pid" ]; then kill -TERM "$ministack_pid" 2>/dev/null && wait "$ministack_pid" 2>/dev/null || true; fi
   run_pg "$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null 2>&1 || true
-  rm -rf "$work"
+  # MiniStack's code cache is under $work/tmp (TMPDIR below); the /tmp one is where an
+  # emulator that ignored TMPDIR would have put it.
+  rm -rf "$work" "/tmp/ministack-provided-code-$aws_port"
   echo "stopped; removed $work"
 }
 trap cleanup EXIT INT TERM
 
 # ---------------------------------------------------------------- Postgres
+step "starting Postgres on 127.0.0.1:$port (scratch directory $work)…"
 run_pg "$bin/initdb" -D "$work/data" --no-sync -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
 run_pg "$bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -o \
   "-p $port -k $work -c listen_addresses=127.0.0.1 -c wal_level=logical" start >/dev/null
@@ -85,9 +93,13 @@ ALTER TABLE orders REPLICA IDENTITY FULL;
 SQL
 
 # ---------------------------------------------------------------- MiniStack + template.yaml
-mkdir -p "$work/ministack"
-(cd "$work/ministack" && BIND_HOST=127.0.0.1 GATEWAY_PORT=$aws_port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
-  exec "$venv/bin/ministack" >"$work/ministack.log" 2>&1) &
+# TMPDIR inside the scratch directory: MiniStack unpacks each function's code into
+# $TMPDIR/ministack-provided-code-<port> (18-34 MB) and never removes it; there it goes
+# with the rest on exit.
+step "starting MiniStack on $endpoint…"
+mkdir -p "$work/ministack" "$work/tmp"
+(cd "$work/ministack" && TMPDIR="$work/tmp" BIND_HOST=127.0.0.1 GATEWAY_PORT=$aws_port MINISTACK_REGION=eu-west-1 \
+  LOG_LEVEL=WARNING exec "$venv/bin/ministack" >"$work/ministack.log" 2>&1) &
 ministack_pid=$!
 deadline=$((SECONDS + 60))
 until "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('$endpoint/_ministack/health', timeout=2)" 2>/dev/null; do
@@ -99,6 +111,7 @@ until "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('$end
   sleep 0.5
 done
 
+step "deploying template.yaml (DeliveryPath=$delivery) with this checkout's functions…"
 echo "notice: deploying template.yaml with CreatePublisherUser=false (MiniStack has no AWS::IAM::AccessKey);"
 echo "notice: the functions get RUST_LOG=info,lambda_runtime=trace so their logs show each raw event (demo only)"
 demo_env=(RUST_LOG=info,lambda_runtime=trace AWS_LAMBDA_LOG_FORMAT=JSON)
@@ -142,6 +155,7 @@ follow_logs() { # follow_logs LOG_GROUP PREFIX
 kinds=()
 [ "$delivery" != SNS ] && kinds+=(sqs)
 [ "$delivery" != SQS ] && kinds+=(sns)
+step "starting the streamers (${kinds[*]}), one slot each…"
 for kind in "${kinds[@]}"; do start_streamer "$kind"; done
 # Wait until each streamer has its slot (it creates slot and publication when missing).
 deadline=$((SECONDS + 30))
@@ -157,7 +171,14 @@ done
 [ "$delivery" != SQS ] && follow_logs "$(output ConsumerSnsFunctionLogGroup)" "consumer-sns | "
 
 # ---------------------------------------------------------------- sample writes
-echo "applying sample writes: insert, update, a multi-row transaction, delete…"
+step "applying sample writes: insert, update, a multi-row transaction, delete…"
+echo "note: users has REPLICA IDENTITY DEFAULT, so its update arrives with \"changes\":{}: Postgres writes"
+echo "      no old row for it (nothing to compare, not \"nothing changed\"); orders is FULL, so its update"
+echo "      carries the old status in \"changes\" (docs/change-event.md, \"record and changes by replica identity\")."
+if [ "$delivery" != SQS ]; then
+  echo "note: SNS → Lambda keeps no order: consumer-sns may log a row's delete before its insert. Each event"
+  echo "      carries its position (commit_lsn, commit_idx) for consumers to sort that out (README \"Guarantees\")."
+fi
 "${psql[@]}" <<'SQL'
 INSERT INTO users (name, email) VALUES ('alice', 'alice@example.com');
 UPDATE users SET name = 'alicia' WHERE id = 1;

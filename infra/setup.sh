@@ -2,10 +2,21 @@
 # Installs what walcast's tests and local pipeline need on a fresh Debian machine
 # with Rust. Idempotent: what is already there is left alone.
 #   - Postgres 15 server binaries (Debian's postgresql-15): the tests start throwaway clusters
-#   - the SQS/SNS emulator, cargo-lambda, the template validators (their own scripts)
+#   - MiniStack (the AWS emulator of infra/local.sh, tests/ and the template checks)
+#   - for the tests only: nodejs/npm and fauxqs (the streamer tests' SQS/SNS emulator),
+#     openssl (TLS test certificates), cargo-lambda and zig (the consumer tests, sam build)
+#
+#   infra/setup.sh            everything the tests need (infra/test.sh)
+#   infra/setup.sh --local    only what infra/local.sh uses: Postgres and MiniStack
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
+local_only=0
+case "${1:-}" in
+  --local) local_only=1 ;;
+  "") ;;
+  *) echo "setup: unknown argument $1 (infra/setup.sh [--local])" >&2; exit 2 ;;
+esac
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -21,6 +32,12 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
 fi
 id postgres >/dev/null 2>&1 || { echo "setup: no postgres user after installing postgresql-15" >&2; exit 1; }
+
+if ((local_only)); then
+  bash "$here/template/install-ministack.sh" >/dev/null
+  echo "setup: done (infra/local.sh's part)"
+  exit 0
+fi
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "setup: installing nodejs and npm (for the SQS/SNS emulator)"

@@ -11,10 +11,16 @@
 #   7. checkov on infra/Dockerfile; systemd-analyze verify on the systemd unit (if present)
 #   8. `sam validate --lint` (aws-sam-cli, in its own venv: it pins boto3 versions that
 #      checkov's pins conflict with); counted as skipped if it cannot be installed
-#   9. the template deployed to MiniStack (a local AWS emulator with CloudFormation and
+#   9. `sam build` of this checkout: cargo-lambda builds both functions for arm64 (with
+#      zig), into a scratch directory; the bootstraps must be aarch64 executables.
+#      Counted as skipped, with the reason, when cargo, cargo-lambda or zig is missing
+#      (consumer-sqs/scripts/install-cargo-lambda.sh installs the last two)
+#  10. the template deployed to MiniStack (a local AWS emulator with CloudFormation and
 #      the SAM transform, started here on 127.0.0.1 and stopped at the end), and the
-#      created queues, mappings, subscription, roles, ECS service and alarms read back
-#      (ministack_deploy.py; each of its checks counts)
+#      created queues, mappings, subscription, roles, ECS service, alarms and dashboard
+#      read back (ministack_deploy.py; each of its checks counts); then, after step 9,
+#      `sam deploy` of the built template to the same MiniStack (through AWS_ENDPOINT_URL)
+#      and its functions' code compared with the bootstraps sam build wrote
 #
 # Idempotent: the tools live in venvs under ${WALCAST_TOOLS:-$HOME/.cache/walcast-tools}
 # and are reinstalled only when the pinned versions below change. Needs python3 (with
@@ -54,6 +60,8 @@ export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
 export SAM_CLI_TELEMETRY=0 BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# cargo-lambda and zig (install-cargo-lambda.sh links them here) and cargo, for sam build.
+export PATH="$TOOLS/bin:$HOME/.cargo/bin:$PATH"
 
 # Every resource on: DeliveryPath=Both, the ECS streamer, alarm actions, the lag alarm.
 ALL_ON=(
@@ -174,13 +182,89 @@ sys.exit(1 if stale else 0)
 PY
 }
 
+# count_ministack_checks LOG: adds the "ministack checks: N ok, M failed" line of LOG to
+# the totals (a missing line is one failure).
+count_ministack_checks() {
+  local line
+  line=$(tail -1 "$1")
+  if [[ "$line" =~ ^ministack\ checks:\ ([0-9]+)\ ok,\ ([0-9]+)\ failed$ ]]; then
+    passed=$((passed + BASH_REMATCH[1]))
+    failed=$((failed + BASH_REMATCH[2]))
+  else
+    fail "$2 did not finish"
+  fi
+}
+
+# sam build of the two functions (BuildMethod rust-cargolambda: cargo lambda build
+# --release --arm64), into $OUT, with the caller's CARGO_TARGET_DIR if set. Sets
+# SAM_BUILT to the build directory when it worked.
+SAM_BUILT=
+sam_build() {
+  local missing=() started=$SECONDS log="$OUT/sam-build.log"
+  ((have_sam)) || missing+=("aws-sam-cli (not installable here)")
+  command -v cargo >/dev/null || missing+=("cargo")
+  command -v cargo-lambda >/dev/null || missing+=("cargo-lambda (consumer-sqs/scripts/install-cargo-lambda.sh)")
+  command -v zig >/dev/null || missing+=("zig (consumer-sqs/scripts/install-cargo-lambda.sh links it)")
+  if ((${#missing[@]})); then
+    skip "sam build: missing ${missing[*]}"
+    return
+  fi
+  say "sam build (cargo lambda build --release --arm64 of consumer-sqs and consumer-sns)"
+  if ! (cd "$ROOT" && "$SAM_VENV/bin/sam" build --template-file template.yaml \
+    --build-dir "$OUT/sam-build" --cache-dir "$OUT/sam-cache" </dev/null) >"$log" 2>&1; then
+    grep -v '^ *Compiling ' "$log" | tail -40
+    fail "sam build"
+    return
+  fi
+  grep -v '^ *Compiling ' "$log" | sed -n '/Build Succeeded/,/Built Template/p'
+  if "$VENV/bin/python" - "$OUT/sam-build" ConsumerSqsFunction ConsumerSnsFunction <<'PY'; then
+import pathlib, sys
+root = pathlib.Path(sys.argv[1])
+ok = True
+for function in sys.argv[2:]:
+    path = root / function / "bootstrap"
+    head = path.read_bytes()[:20] if path.is_file() else b""
+    arm64 = head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    print(f"  {path}: {'aarch64 executable' if arm64 else 'MISSING or not aarch64'}")
+    ok &= arm64
+sys.exit(0 if ok else 1)
+PY
+    pass "sam build ($((SECONDS - started)) s)"
+    SAM_BUILT="$OUT/sam-build"
+  else
+    fail "sam build wrote no aarch64 bootstrap"
+  fi
+}
+
+# sam deploy of sam build's output to the MiniStack on PORT, through AWS_ENDPOINT_URL
+# (sam's boto3 honours it for every service), then its functions' code checked.
+sam_deploy_to_ministack() { # sam_deploy_to_ministack PORT
+  local endpoint="http://127.0.0.1:$1" log="$OUT/sam-deploy.log"
+  say "sam deploy of the built template to MiniStack (AWS_ENDPOINT_URL=$endpoint)"
+  if ! (cd "$OUT" && AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+    "$SAM_VENV/bin/sam" deploy --template-file "$SAM_BUILT/template.yaml" --stack-name walcast-sam \
+    --resolve-s3 --capabilities CAPABILITY_IAM --region eu-west-1 --no-confirm-changeset --no-progressbar \
+    --parameter-overrides DeliveryPath=Both CreatePublisherUser=false </dev/null) >"$log" 2>&1; then
+    tail -30 "$log"
+    fail "sam deploy to MiniStack"
+    return
+  fi
+  grep -E 'CREATE_COMPLETE +AWS::CloudFormation::Stack|Successfully created' "$log"
+  pass "sam deploy to MiniStack"
+  "$MINISTACK_VENV/bin/python" "$HERE/ministack_deploy.py" "$endpoint" --sam-stack walcast-sam "$SAM_BUILT" \
+    >"$OUT/sam-stack.log" 2>&1
+  cat "$OUT/sam-stack.log"
+  count_ministack_checks "$OUT/sam-stack.log" "the check of the sam-deployed stack"
+}
+
 # Deploys the template to a MiniStack started here on a free loopback port, and counts
 # each check of ministack_deploy.py.
 ministack_deploy() {
   say "deploy to MiniStack (local CloudFormation + SAM transform) and check the resources"
-  local port log="$OUT/ministack-deploy.log" deadline line
+  local port log="$OUT/ministack-deploy.log" deadline
   port=$("$MINISTACK_VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  (cd "$OUT" && BIND_HOST=127.0.0.1 GATEWAY_PORT=$port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
+  # TMPDIR: MiniStack's function code cache (ministack-provided-code-<port>) goes with $OUT.
+  (cd "$OUT" && TMPDIR="$OUT" BIND_HOST=127.0.0.1 GATEWAY_PORT=$port MINISTACK_REGION=eu-west-1 LOG_LEVEL=WARNING \
     exec "$MINISTACK_VENV/bin/ministack" >"$OUT/ministack.log" 2>&1) &
   MINISTACK_PID=$!
   deadline=$((SECONDS + 60))
@@ -194,12 +278,11 @@ ministack_deploy() {
   done
   "$MINISTACK_VENV/bin/python" "$HERE/ministack_deploy.py" "http://127.0.0.1:$port" >"$log" 2>&1
   cat "$log"
-  line=$(tail -1 "$log")
-  if [[ "$line" =~ ^ministack\ checks:\ ([0-9]+)\ ok,\ ([0-9]+)\ failed$ ]]; then
-    passed=$((passed + BASH_REMATCH[1]))
-    failed=$((failed + BASH_REMATCH[2]))
+  count_ministack_checks "$log" "MiniStack deployment script"
+  if [[ -n "$SAM_BUILT" ]]; then
+    sam_deploy_to_ministack "$port"
   else
-    fail "MiniStack deployment script did not finish"
+    skip "sam deploy to MiniStack (no sam build output)"
   fi
   kill "$MINISTACK_PID" 2>/dev/null
   wait "$MINISTACK_PID" 2>/dev/null
@@ -274,6 +357,8 @@ if ((have_sam)); then
 else
   skip "sam validate --lint (aws-sam-cli not installable here)"
 fi
+
+sam_build
 
 if ((have_ministack)); then
   ministack_deploy

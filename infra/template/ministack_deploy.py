@@ -15,6 +15,10 @@ a container's healthCheck and secrets in PascalCase, so those are read from the 
 response (see raw_task_definition).
 
 Usage: ministack_deploy.py ENDPOINT_URL      (e.g. http://127.0.0.1:4599)
+       ministack_deploy.py ENDPOINT_URL --sam-stack NAME BUILD_DIR
+The second form checks a stack that `sam deploy` created from `sam build`'s output in
+BUILD_DIR (check.sh does both): it is complete, and each function runs on arm64 with
+exactly the `bootstrap` that sam build wrote.
 Prints one line per check and ends with "ministack checks: N ok, M failed"; exits 1 on
 any failure.
 """
@@ -232,6 +236,46 @@ def check_streamer(c: dict, name: str, stack: dict, secret_arn: str) -> None:
               env)
 
 
+def check_dashboard(c: dict, name: str, stack: dict) -> None:
+    """The dashboard exists, its body is JSON, and it names this stack's queue and functions."""
+    dashboard = physical(stack, "Dashboard")
+    body = json.loads(c["cloudwatch"].get_dashboard(DashboardName=dashboard)["DashboardBody"])
+    dimensions = {d for w in body["widgets"] for m in w["properties"]["metrics"] for d in m
+                  if isinstance(d, str)}
+    queue = stack["outputs"].get("QueueUrl", "").rsplit("/", 1)[-1]
+    wanted = {queue, stack["outputs"].get("ConsumerSqsFunctionName"), stack["outputs"].get("ConsumerSnsFunctionName")}
+    wanted.discard("")
+    wanted.discard(None)
+    check(f"{name}: dashboard {dashboard} plots the queue and the functions", wanted <= dimensions,
+          wanted - dimensions)
+    check(f"{name}: DashboardUrl output names it", stack["outputs"].get("DashboardUrl", "").endswith(f"name={dashboard}"),
+          stack["outputs"].get("DashboardUrl"))
+
+
+def check_sam_stack(c: dict, name: str, build_dir: Path) -> None:
+    """A stack `sam deploy` made from `sam build`'s output: complete, and each function's
+    deployed code is the bootstrap sam build wrote for it (arm64, as the template says)."""
+    cfn = c["cloudformation"]
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    check(f"{name}: stack status {stack['StackStatus']}", stack["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE"))
+    resources = {r["LogicalResourceId"]: r for r in cfn.describe_stack_resources(StackName=name)["StackResources"]}
+    functions = sorted(lid for lid, r in resources.items() if r["ResourceType"] == "AWS::Lambda::Function")
+    check(f"{name}: both functions deployed", functions == ["ConsumerSnsFunction", "ConsumerSqsFunction"], functions)
+    for logical_id in functions:
+        built = (build_dir / logical_id / "bootstrap").read_bytes()
+        function = c["lambda"].get_function(FunctionName=resources[logical_id]["PhysicalResourceId"])
+        config = function["Configuration"]
+        check(f"{name}: {logical_id} is provided.al2023 on arm64",
+              (config.get("Runtime"), config.get("Architectures")) == ("provided.al2023", ["arm64"]),
+              (config.get("Runtime"), config.get("Architectures")))
+        with urllib.request.urlopen(function["Code"]["Location"], timeout=30) as response:
+            archive = zipfile.ZipFile(io.BytesIO(response.read()))
+        deployed = archive.read("bootstrap") if "bootstrap" in archive.namelist() else b""
+        check(f"{name}: {logical_id} runs the bootstrap sam build wrote ({len(built)} bytes, aarch64 ELF)",
+              deployed == built and built[:4] == b"\x7fELF" and int.from_bytes(built[18:20], "little") == 183,
+              (len(deployed), archive.namelist()))
+
+
 def guarded(label: str, fn, *args) -> None:
     """Runs a group of checks; an API error (e.g. an operation MiniStack lacks) fails it."""
     try:
@@ -252,6 +296,7 @@ def main(endpoint: str) -> int:
     check("walcast-defaults: DLQ and Errors alarms", {"DeadLetterQueueAlarm", "ConsumerSqsErrorsAlarm"}
           <= set(stack["resources"]), sorted(stack["resources"]))
     guarded("walcast-defaults: SQS path", check_sqs_path, c, "walcast-defaults", stack)
+    guarded("walcast-defaults: dashboard", check_dashboard, c, "walcast-defaults", stack)
 
     print("== stack walcast-all (DeliveryPath=Both, filter policy, lag alarm, ECS streamer)")
     secret_arn = c["secretsmanager"].create_secret(
@@ -271,6 +316,7 @@ def main(endpoint: str) -> int:
     guarded("walcast-all: SQS path", check_sqs_path, c, "walcast-all", stack)
     guarded("walcast-all: SNS path", check_sns_path, c, "walcast-all", stack, filter_policy)
     guarded("walcast-all: streamer", check_streamer, c, "walcast-all", stack, secret_arn)
+    guarded("walcast-all: dashboard", check_dashboard, c, "walcast-all", stack)
     alarms = [a["AlarmName"] for a in c["cloudwatch"].describe_alarms()["MetricAlarms"]]
     for logical_id in ("DeadLetterQueueAlarm", "SnsSubscriptionDeadLetterQueueAlarm", "SnsFailureQueueAlarm",
                        "ConsumerSqsErrorsAlarm", "ConsumerSnsErrorsAlarm", "ReplicationLagAlarm"):
@@ -282,6 +328,10 @@ def main(endpoint: str) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[2] == "--sam-stack":
+        guarded(f"{sys.argv[3]}: sam deploy", check_sam_stack, clients(sys.argv[1]), sys.argv[3], Path(sys.argv[4]))
+        print(f"\nministack checks: {passed} ok, {failed} failed")
+        sys.exit(1 if failed else 0)
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     sys.exit(main(sys.argv[1]))

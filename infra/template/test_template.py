@@ -51,6 +51,42 @@ CONFIG_KEYS = {
 CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
 }
+STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
+STREAMER_OPS_RS = REPO / "streamer" / "src" / "ops.rs"
+GRAFANA_DASHBOARD = INFRA / "grafana" / "walcast.json"
+# The streamer's CloudWatch (EMF) metrics: namespace, names, dimension sets.
+EMF_METRICS = INFRA / "metrics-emf.txt"
+# AWS metrics the dashboard may plot, as AWS documents them: names and dimensions.
+AWS_METRICS = {
+    # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-available-cloudwatch-metrics.html
+    "AWS/SQS": ({"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesDelayed",
+                 "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesVisible",
+                 "NumberOfDeduplicatedSentMessages", "NumberOfEmptyReceives", "NumberOfMessagesDeleted",
+                 "NumberOfMessagesReceived", "NumberOfMessagesSent", "SentMessageSize"},
+                {"QueueName"}),
+    # https://docs.aws.amazon.com/lambda/latest/dg/monitoring-metrics-types.html
+    "AWS/Lambda": ({"Invocations", "Errors", "DeadLetterErrors", "DestinationDeliveryFailures", "Throttles",
+                    "OversizedRecordCount", "ProvisionedConcurrencyInvocations",
+                    "ProvisionedConcurrencySpilloverInvocations", "RecursiveInvocationsDropped", "Duration",
+                    "PostRuntimeExtensionsDuration", "IteratorAge", "OffsetLag", "ConcurrentExecutions",
+                    "ProvisionedConcurrentExecutions", "ProvisionedConcurrencyUtilization",
+                    "UnreservedConcurrentExecutions", "ClaimedAccountConcurrency", "AsyncEventsReceived",
+                    "AsyncEventAge", "AsyncEventsDropped"},
+                   {"FunctionName", "Resource", "ExecutedVersion"}),
+    # https://docs.aws.amazon.com/sns/latest/dg/sns-monitoring-using-cloudwatch.html
+    "AWS/SNS": ({"NumberOfMessagesPublished", "NumberOfNotificationsDelivered", "NumberOfNotificationsFailed",
+                 "NumberOfNotificationsFilteredOut", "NumberOfNotificationsFilteredOut-NoMessageAttributes",
+                 "NumberOfNotificationsFilteredOut-InvalidAttributes", "NumberOfNotificationsFilteredOut-MessageBody",
+                 "NumberOfNotificationsFilteredOut-InvalidMessageBody", "NumberOfNotificationsRedrivenToDlq",
+                 "NumberOfNotificationsFailedToRedriveToDlq", "PublishSize"},
+                {"TopicName"}),
+}
+# What each AWS dimension must name in this template: (resource type, attribute; None = Ref).
+DIMENSION_TARGETS = {
+    "QueueName": ("AWS::SQS::Queue", "QueueName"),
+    "FunctionName": ("AWS::Lambda::Function", None),
+    "TopicName": ("AWS::SNS::Topic", "TopicName"),
+}
 PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::Partition", "AWS::StackName", "AWS::StackId",
           "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
 
@@ -180,6 +216,108 @@ def refs(node) -> set[str]:
         for item in node:
             found |= refs(item)
     return found
+
+
+def streamer_config_keys() -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
+    """The configuration the streamer reads, from its source (streamer/src/config.rs): the
+    keys of each section (the fields of `Config` and of each `<Section>Config` struct, with
+    serde renames), and the variable of each (section, key) from its WALCAST_* table."""
+    src = STREAMER_CONFIG_RS.read_text()
+    structs = {m.group(1): m.group(2) for m in re.finditer(r"pub struct (\w*)Config \{(.*?)\n\}", src, re.S)}
+
+    def fields(body: str) -> set[str]:
+        keys = set()
+        for f in re.finditer(r"((?:\s*#\[[^\n]*\]|\s*///[^\n]*)*)\s*pub (\w+):", body):
+            renamed = re.search(r'rename\s*=\s*"(\w+)"', f.group(1))
+            keys.add(renamed.group(1) if renamed else f.group(2))
+        return keys
+
+    sections = {name: fields(structs[name.capitalize()]) for name in fields(structs[""])}
+    env = {(section, key): var for var, section, key in
+           re.findall(r'\(\s*"(WALCAST_\w+)",\s*"(\w+)",\s*"(\w+)"', src)}
+    return sections, env
+
+
+def emf_metrics() -> tuple[str, dict[str, set[frozenset[str]]]]:
+    """infra/metrics-emf.txt: the namespace, and each metric's dimension sets."""
+    namespace, metrics = "", {}
+    for line in EMF_METRICS.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "namespace":
+            namespace = words[1]
+            continue
+        name, _unit, *dimension_sets = words
+        metrics[name] = {frozenset(d.split(",")) for d in dimension_sets}
+    return namespace, metrics
+
+
+def substitute(eff: Effective, node) -> str:
+    """A string built with Fn::Join and Fn::Sub, as CloudFormation would build it for
+    `eff`: parameters and pseudo parameters by value, `${!x}` as `${x}`, and a resource
+    (`${Queue.QueueName}`, `${ConsumerSqsFunction}`) as `<Queue.QueueName>` after checking
+    that it exists in this scenario."""
+    if isinstance(node, str):
+        return node
+    (fn, args), = node.items()
+    if fn == "Fn::Join":
+        return args[0].join(substitute(eff, part) for part in args[1])
+    if fn == "Fn::Sub":
+        assert isinstance(args, str), "Fn::Sub with a variable map is not handled here"
+
+        def one(match: re.Match) -> str:
+            name = match.group(1)
+            if name.startswith("!"):
+                return "${" + name[1:] + "}"
+            if name in eff.values:
+                value = eff.values[name]
+                return ",".join(value) if isinstance(value, list) else str(value)
+            assert name.split(".")[0] in eff.resources, f"${{{name}}}: no such resource in this scenario"
+            return f"<{name}>"
+
+        return re.sub(r"\$\{([^}]*)\}", one, args)
+    raise AssertionError(f"unsupported function {fn} in a string")
+
+
+def dashboard(eff: Effective) -> dict:
+    return json.loads(substitute(eff, eff.props("Dashboard")["DashboardBody"]))
+
+
+SEARCH = re.compile(r"""^SEARCH\('\{([^}]*)\}\s+MetricName="([^"]+)"\s*',\s*'(\w+)',\s*(\d+)\)$""")
+
+
+def plotted(body: dict) -> list[dict]:
+    """Every metric the dashboard's widgets plot: namespace, name, dimensions (name → value,
+    or None for a SEARCH over every value), and the widget's title."""
+    out = []
+    for widget in body["widgets"]:
+        props = widget["properties"]
+        for entry in props["metrics"]:
+            if isinstance(entry[0], dict) and "expression" in entry[0]:
+                found = SEARCH.match(entry[0]["expression"])
+                assert found, f"{props['title']}: not a SEARCH this test reads: {entry[0]['expression']}"
+                namespace, *dimensions = found.group(1).split(",")
+                out.append({"namespace": namespace, "name": found.group(2), "title": props["title"],
+                            "dimensions": dict.fromkeys(dimensions)})
+            else:
+                fields = [x for x in entry if not isinstance(x, dict)]
+                assert "." not in fields, f"{props['title']}: spell out every metric (no '.')"
+                namespace, name, *pairs = fields
+                assert len(pairs) % 2 == 0, entry
+                out.append({"namespace": namespace, "name": name, "title": props["title"],
+                            "dimensions": dict(zip(pairs[::2], pairs[1::2]))})
+    return out
+
+
+def prometheus_metrics() -> tuple[set[str], set[str]]:
+    """The series names and the label names the streamer's /metrics writes, from its source
+    (streamer/src/ops.rs): every string literal that starts with `walcast_`, and every
+    label in the exposition format strings (`{{table=\"{t}\",…}}`)."""
+    src = STREAMER_OPS_RS.read_text()
+    names = set(re.findall(r'"(walcast_[a-z0-9_]+)', src))
+    labels = set(re.findall(r'[{,]([a-z_]+)=\\"', src))
+    return names, labels
 
 
 def statements(policy_document: dict) -> list[dict]:
@@ -587,6 +725,150 @@ class AlarmsAndEncryptionTest(unittest.TestCase):
         self.assertTrue(eff.props("Topic")["KmsMasterKeyId"])
 
 
+class DashboardTest(unittest.TestCase):
+    """The CloudWatch dashboard plots only metrics that exist, and the ones that matter."""
+
+    def scenarios(self):
+        for path, queue_type, streamer in itertools.product(PATHS, ("fifo", "standard"), (False, True)):
+            params = {"DeliveryPath": path, "QueueType": queue_type, **(STREAMER if streamer else {})}
+            yield params, Effective(**params)
+
+    def test_body_is_json_with_a_metric_widget_list_in_every_scenario(self):
+        for params, eff in self.scenarios():
+            with self.subTest(path=params["DeliveryPath"], queue=params["QueueType"]):
+                body = dashboard(eff)
+                self.assertTrue(body["widgets"])
+                for widget in body["widgets"]:
+                    props = widget["properties"]
+                    self.assertEqual(widget["type"], "metric")
+                    self.assertEqual(props["region"], "eu-west-1")
+                    self.assertTrue(props["title"] and props["metrics"], props)
+                    self.assertLessEqual(widget.get("width", 6), 24)
+        self.assertEqual(Effective().outputs["DashboardUrl"]["Value"]["Fn::Sub"].count("${Dashboard}"), 1)
+
+    def test_every_aws_metric_is_one_aws_documents_on_a_resource_of_this_stack(self):
+        for params, eff in self.scenarios():
+            for metric in plotted(dashboard(eff)):
+                if not metric["namespace"].startswith("AWS/"):
+                    continue
+                label = f"{params['DeliveryPath']}: {metric['title']}: {metric['namespace']} {metric['name']}"
+                self.assertIn(metric["namespace"], AWS_METRICS, label)
+                names, dimensions = AWS_METRICS[metric["namespace"]]
+                self.assertIn(metric["name"], names, f"{label} is not a documented metric")
+                self.assertLessEqual(set(metric["dimensions"]), dimensions, label)
+                for dimension, value in metric["dimensions"].items():
+                    type_, attribute = DIMENSION_TARGETS[dimension]
+                    target = re.fullmatch(r"<(\w+)(?:\.(\w+))?>", value or "")
+                    self.assertTrue(target, f"{label}: {dimension} is not a resource of the stack")
+                    logical_id, attr = target.groups()
+                    self.assertEqual((eff.resources[logical_id]["Type"], attr), (type_, attribute), label)
+
+    def test_every_streamer_metric_is_one_it_publishes(self):
+        namespace, metrics = emf_metrics()
+        self.assertEqual(namespace, "walcast")
+        self.assertTrue(metrics, "infra/metrics-emf.txt lists no metric")
+        seen = set()
+        for params, eff in self.scenarios():
+            for metric in plotted(dashboard(eff)):
+                if metric["namespace"].startswith("AWS/"):
+                    continue
+                label = f"{metric['title']}: {metric['namespace']} {metric['name']}"
+                self.assertEqual(metric["namespace"], namespace, label)
+                self.assertIn(metric["name"], metrics, f"{label}: not in infra/metrics-emf.txt")
+                self.assertIn(frozenset(metric["dimensions"]), metrics[metric["name"]],
+                              f"{label}: the streamer publishes it with {sorted(map(sorted, metrics[metric['name']]))}")
+                seen.add(metric["name"])
+        for wanted in ("EventsReceived", "EventsDelivered", "ReplicationLagBytes", "DeliveryLatency"):
+            self.assertIn(wanted, seen, "the streamer's throughput, lag and latency are on the dashboard")
+
+    def test_every_queue_function_and_topic_of_a_scenario_is_watched(self):
+        for params, eff in self.scenarios():
+            with self.subTest(path=params["DeliveryPath"], queue=params["QueueType"]):
+                metrics = plotted(dashboard(eff))
+
+                def on(logical_id: str) -> set[str]:
+                    return {m["name"] for m in metrics
+                            if any((v or "").split(".")[0] == f"<{logical_id}" for v in m["dimensions"].values())
+                            or f"<{logical_id}>" in m["dimensions"].values()}
+
+                for queue in eff.of_type("AWS::SQS::Queue"):
+                    self.assertIn("ApproximateNumberOfMessagesVisible", on(queue), queue)
+                if "Queue" in eff.resources:
+                    self.assertIn("ApproximateAgeOfOldestMessage", on("Queue"))
+                for function in eff.of_type("AWS::Lambda::Function"):
+                    self.assertLessEqual({"Errors", "Duration", "ConcurrentExecutions", "Throttles"}, on(function),
+                                         function)
+                if "Topic" in eff.resources:
+                    self.assertLessEqual({"NumberOfNotificationsFailed", "NumberOfNotificationsDelivered"}, on("Topic"))
+
+
+class GrafanaDashboardTest(unittest.TestCase):
+    """infra/grafana/walcast.json queries only series and labels the streamer's /metrics has."""
+
+    # Labels Prometheus adds to every scraped series.
+    TARGET_LABELS = {"instance", "job"}
+
+    def dashboard(self) -> dict:
+        return json.loads(GRAFANA_DASHBOARD.read_text())
+
+    def expressions(self) -> list[tuple[str, str]]:
+        out = []
+        for panel in self.dashboard()["panels"]:
+            for target in panel.get("targets", []):
+                out.append((panel["title"], target["expr"]))
+        for variable in self.dashboard()["templating"]["list"]:
+            if variable["type"] == "query":
+                out.append((f"variable {variable['name']}", variable["definition"]))
+        return out
+
+    def test_ops_rs_was_read(self):
+        names, labels = prometheus_metrics()
+        self.assertIn("walcast_events_delivered_total", names)
+        self.assertIn("walcast_delivery_latency_seconds_bucket", names)
+        self.assertLessEqual({"table", "action", "le"}, labels)
+
+    def test_every_walcast_series_is_one_the_streamer_writes(self):
+        names, _ = prometheus_metrics()
+        used = set()
+        for title, expr in self.expressions():
+            series = set(re.findall(r"\bwalcast_[a-z0-9_]+", expr))
+            self.assertTrue(series, f"{title}: no walcast_ series in {expr}")
+            self.assertLessEqual(series, names, f"{title}: not in streamer/src/ops.rs: {series - names}")
+            used |= series
+        for wanted in ("walcast_events_delivered_total", "walcast_replication_lag_bytes",
+                       "walcast_delivery_latency_seconds_bucket", "walcast_up"):
+            self.assertIn(wanted, used)
+
+    def test_every_label_is_one_the_streamer_or_prometheus_sets(self):
+        _, labels = prometheus_metrics()
+        allowed = labels | self.TARGET_LABELS
+        for title, expr in self.expressions():
+            selectors = re.findall(r"\{([^}]*)\}", expr)
+            used = {m for sel in selectors for m in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", sel)}
+            used |= {m for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+                     for m in re.findall(r"[a-z_]+", group)}
+            self.assertLessEqual(used, allowed, f"{title}: unknown labels {used - allowed}")
+            self.assertEqual(expr.count("("), expr.count(")"), title)
+            self.assertEqual(expr.count("{"), expr.count("}"), title)
+        for panel in self.dashboard()["panels"]:
+            for legend in (t.get("legendFormat", "") for t in panel.get("targets", [])):
+                self.assertLessEqual(set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", legend)), allowed, panel["title"])
+
+    def test_panels_are_laid_out_and_use_the_datasource_variable(self):
+        dashboard = self.dashboard()
+        ids = [p["id"] for p in dashboard["panels"]]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are unique")
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        self.assertLessEqual({"datasource", "instance"}, variables)
+        for panel in dashboard["panels"]:
+            grid = panel["gridPos"]
+            self.assertLessEqual(grid["x"] + grid["w"], 24, panel["title"])
+            if panel["type"] != "row":
+                self.assertEqual(panel["datasource"]["uid"], "${datasource}", panel["title"])
+                for target in panel["targets"]:
+                    self.assertIn('instance=~"$instance"', target["expr"], panel["title"])
+
+
 class InfraFilesTest(unittest.TestCase):
     def test_example_configs_use_only_documented_keys(self):
         for rel, sink in (("ecs/streamer.yaml", "sqs"), ("ec2/streamer.yaml", "sqs")):
@@ -597,6 +879,28 @@ class InfraFilesTest(unittest.TestCase):
             self.assertEqual(config["sink"]["type"], sink)
             self.assertNotIn("url", config["source"], f"{rel}: the database URL is a secret")
             self.assertNotIn("secret_access_key", config["sink"], rel)
+
+    def test_root_example_config_has_every_key_the_streamer_reads(self):
+        """streamer.example.yaml shows every key of streamer/src/config.rs, each with its
+        variable; keys that are commented out (topic_arn, credentials, …) count once
+        uncommented. A key added to the streamer fails this until the example shows it."""
+        text = (REPO / "streamer.example.yaml").read_text()
+        sections, env = streamer_config_keys()
+        self.assertTrue(sections.get("source") and sections.get("sink"), "config.rs parsed")
+        active = yaml.safe_load(text)
+        for section, keys in active.items():
+            self.assertLessEqual(set(keys), sections.get(section, set()), f"unknown keys in {section}")
+        uncommented = yaml.safe_load(re.sub(r"(?m)^(\s*)# (?=[a-z_]+: )", r"\1", text))
+        self.assertEqual(set(uncommented), set(sections))
+        for section, keys in sections.items():
+            self.assertEqual(set(uncommented[section]), keys, section)
+        for (section, key), var in env.items():
+            lines = [line for line in text.splitlines() if re.match(rf"\s*(# )?{key}: ", line)]
+            self.assertTrue(any(re.search(rf"# {var}\b", line) for line in lines),
+                            f"no line of {section}.{key} shows {var}")
+        self.assertEqual(active["source"]["url"].split("@")[0], "postgres://walcast:secret",
+                         "a placeholder password only")
+        self.assertNotIn("secret_access_key", active["sink"], "credentials stay commented out")
 
     def test_systemd_unit(self):
         unit = (INFRA / "ec2" / "walcast-streamer.service").read_text()

@@ -282,12 +282,16 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// `streamer healthz` against `addr`: whether it exits 0. Its output (`healthy`,
+/// `unhealthy: Connection refused` while nothing listens yet) is captured, not printed:
+/// the tests poll it and expect failures on the way.
 fn healthz(addr: &str) -> bool {
     Command::new(env!("CARGO_BIN_EXE_streamer"))
         .arg("healthz")
         .env("WALCAST_HTTP_LISTEN", addr)
-        .status()
+        .output()
         .expect("run healthz")
+        .status
         .success()
 }
 

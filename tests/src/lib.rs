@@ -69,7 +69,7 @@ fn run(command: &mut Command, what: &str) -> Result<String> {
 
 /// Builds the streamer and the two functions (debug, as `cargo test` already did for
 /// the workspace) and returns the directory holding the binaries.
-fn build_binaries() -> Result<PathBuf> {
+pub fn build_binaries() -> Result<PathBuf> {
     let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(
@@ -314,12 +314,17 @@ impl Pipeline {
         )
         .await?;
 
-        // MiniStack on a free loopback port, its files in the scratch dir.
+        // MiniStack on a free loopback port, its files in the scratch dir. TMPDIR too:
+        // MiniStack unpacks each function's code into $TMPDIR/ministack-provided-code-<port>
+        // (tens of MB) and never removes it; there it goes with the scratch dir.
         let port = free_port()?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(work.join("ministack.log"))?;
+        let tmp = work.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
         let mut ministack = Command::new(venv.join("bin/ministack"))
             .current_dir(&work)
+            .env("TMPDIR", &tmp)
             .env("BIND_HOST", "127.0.0.1")
             .env("GATEWAY_PORT", port.to_string())
             .env("MINISTACK_REGION", "eu-west-1")
@@ -594,5 +599,11 @@ impl Drop for Pipeline {
         terminate(&mut self.ministack, Duration::from_secs(10));
         self.pg.stop();
         let _ = std::fs::remove_dir_all(&self.work);
+        // Where MiniStack's code cache would be had it ignored TMPDIR.
+        if let Some(port) = self.endpoint.rsplit(':').next() {
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("ministack-provided-code-{port}")),
+            );
+        }
     }
 }
