@@ -36,13 +36,13 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::fault::{classify, Disposition, Fault, Refusal};
-use super::{Sink, SinkError};
+use super::{Failure, Sink, SinkError};
 use crate::backoff;
 use crate::event::Event;
 use crate::progress::Tracker;
@@ -137,16 +137,18 @@ pub struct Entry<'a> {
     pub deduplication_id: Option<Cow<'a, str>>,
 }
 
-/// The request entries of a batch: each [`Entry`] mapped onto a service's
-/// batch entry type, whose builder takes the body through `$body`
-/// (`message_body` for SQS, `message` for SNS) and attributes of type `$value`.
+/// One batch call as both SDKs make it: each [`Entry`] mapped onto the
+/// service's batch entry type `$entry` (body through `$body`: `message_body`
+/// for SQS, `message` for SNS; attributes of type `$value`), the request that
+/// `$call` builds from them sent, and its failed entries read back.
 /// A macro, not a function: the two SDKs are generated from the same shapes,
 /// so the calls are the same on types that share no trait.
-macro_rules! request_entries {
-    ($entries:expr, $entry:ident, $body:ident, $value:ident) => {
-        $entries
+macro_rules! send_batch {
+    ($entries:expr, $entry:ident, $body:ident, $value:ident, |$request:ident| $call:expr) => {{
+        use $crate::sink::Fault;
+        let $request = $entries
             .iter()
-            .map(|e| -> Result<$entry, $crate::sink::Fault> {
+            .map(|e| -> Result<$entry, Fault> {
                 let mut r = $entry::builder()
                     .id(&e.id)
                     .$body(e.body)
@@ -157,15 +159,21 @@ macro_rules! request_entries {
                         .data_type("String")
                         .string_value(value.as_ref())
                         .build()
-                        .map_err($crate::sink::Fault::construction)?;
+                        .map_err(Fault::construction)?;
                     r = r.message_attributes(*name, value);
                 }
-                r.build().map_err($crate::sink::Fault::construction)
+                r.build().map_err(Fault::construction)
             })
-            .collect::<Result<Vec<$entry>, $crate::sink::Fault>>()
-    };
+            .collect::<Result<Vec<$entry>, Fault>>()?;
+        let out = $call.send().await.map_err(Fault::from_sdk)?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| Fault::failed_entry(f.id(), f.code(), f.message(), f.sender_fault()))
+            .collect())
+    }};
 }
-pub(super) use request_entries;
+pub(super) use send_batch;
 
 /// Whether SQS and SNS accept `c` in a message: XML 1.0's characters, `#x9 #xA
 /// #xD #x20–#xD7FF #xE000–#xFFFD #x10000–#x10FFFF` (a `char` is never a surrogate).
@@ -221,7 +229,7 @@ pub struct AwsSink {
     tx: Option<mpsc::UnboundedSender<Event>>,
     permits: Arc<Semaphore>,
     /// Why the worker stopped, once it has.
-    fatal: Arc<OnceLock<SinkError>>,
+    failure: Failure,
     /// The delivery worker, until [`Sink::close`] saw it end.
     worker: Option<JoinHandle<()>>,
 }
@@ -235,7 +243,7 @@ impl AwsSink {
         tracker: Tracker,
     ) -> AwsSink {
         let permits = Arc::new(Semaphore::new(MAX_HELD_KIB));
-        let fatal = Arc::new(OnceLock::new());
+        let failure = Failure::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             dest,
@@ -243,21 +251,17 @@ impl AwsSink {
             tracker,
             permits: Arc::clone(&permits),
         });
-        let worker = tokio::spawn(worker(shared, rx, Arc::clone(&fatal)));
+        let worker = tokio::spawn(worker(shared, rx, failure.clone()));
         AwsSink {
             tx: Some(tx),
             permits,
-            fatal,
+            failure,
             worker: Some(worker),
         }
     }
 
     fn failed(&self) -> SinkError {
-        match (self.fatal.get(), &self.tx) {
-            (Some(e), _) => e.clone(),
-            (None, None) => SinkError::Closed,
-            (None, Some(_)) => SinkError::Stopped("the delivery worker ended".into()),
-        }
+        self.failure.error(self.tx.is_some(), "the delivery worker")
     }
 }
 
@@ -288,15 +292,12 @@ impl Sink for AwsSink {
             let ended = worker.await;
             self.worker = None;
             if let Err(e) = ended {
-                let _ = self.fatal.set(SinkError::Stopped(format!(
+                self.failure.set(SinkError::Stopped(format!(
                     "the delivery worker failed: {e}"
                 )));
             }
         }
-        match self.fatal.get() {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        self.failure.or(Ok(()))
     }
 }
 
@@ -309,7 +310,7 @@ struct Group {
 async fn worker<D: Destination, L: Destination>(
     shared: Arc<Shared<D, L>>,
     mut rx: mpsc::UnboundedReceiver<Event>,
-    fatal: Arc<OnceLock<SinkError>>,
+    failure: Failure,
 ) {
     let mut groups: HashMap<String, Group> = HashMap::new();
     let mut ready: VecDeque<String> = VecDeque::new();
@@ -386,7 +387,7 @@ async fn worker<D: Destination, L: Destination>(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, destination = %shared.dest.name(), "sink failed");
-                        let _ = fatal.set(e);
+                        failure.set(e);
                         shared.permits.close();
                         return;
                     }

@@ -5,8 +5,10 @@
 //! A check fails with one line naming the setting to fix:
 //! `sink.queue_url: queue https://… does not exist (AWS.SimpleQueueService.NonExistentQueue)`.
 
+use std::future::Future;
 use std::time::Duration;
 
+use super::aws::{Destination, Entry};
 use super::fault::{Cause, Fault};
 use super::{AwsSink, SinkError, SnsTopic, SqsQueue};
 use crate::config::{dead_letter_fifo_problem, SinkConfig, SinkType};
@@ -90,6 +92,41 @@ impl Target {
             },
         };
         Err(SinkError::Setting { setting, reason })
+    }
+}
+
+/// What one AWS service adds to a [`Target`] to make a [`Destination`]: its
+/// size limit and its batch call (the rest of a destination is the target's).
+pub(super) trait Service: Send + Sync + 'static {
+    /// Limit on one message and on one batch together, in bytes.
+    const MAX_BYTES: usize;
+    /// What the client sends to.
+    fn target(&self) -> &Target;
+    /// [`Destination::send_batch`].
+    fn send(
+        &self,
+        entries: &[Entry<'_>],
+    ) -> impl Future<Output = Result<Vec<(usize, Fault)>, Fault>> + Send;
+}
+
+impl<S: Service> Destination for S {
+    fn name(&self) -> &str {
+        &self.target().name
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.target().fifo
+    }
+
+    fn max_bytes(&self) -> usize {
+        S::MAX_BYTES
+    }
+
+    fn send_batch(
+        &self,
+        entries: &[Entry<'_>],
+    ) -> impl Future<Output = Result<Vec<(usize, Fault)>, Fault>> + Send {
+        self.send(entries)
     }
 }
 

@@ -148,6 +148,38 @@ pub trait Sink: Send {
     fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// Why a sink's worker (task or thread) stopped, once it has: set once by the
+/// worker, reported to every later call. Cheap to clone (clones share it).
+#[derive(Debug, Clone, Default)]
+struct Failure(Arc<std::sync::OnceLock<SinkError>>);
+
+impl Failure {
+    /// Records why the worker stopped (the first reason stays).
+    fn set(&self, e: SinkError) {
+        let _ = self.0.set(e);
+    }
+
+    /// The recorded failure, if any.
+    fn get(&self) -> Option<&SinkError> {
+        self.0.get()
+    }
+
+    /// `Err` with the recorded failure, else `ok`.
+    fn or(&self, ok: Result<(), SinkError>) -> Result<(), SinkError> {
+        self.get().map_or(ok, |e| Err(e.clone()))
+    }
+
+    /// Why a call cannot go on: the recorded failure, else the sink is closed
+    /// (not `open`), else `worker` ended without saying why.
+    fn error(&self, open: bool, worker: &str) -> SinkError {
+        match (self.get(), open) {
+            (Some(e), _) => e.clone(),
+            (None, false) => SinkError::Closed,
+            (None, true) => SinkError::Stopped(format!("{worker} ended")),
+        }
+    }
+}
+
 /// An insert into `public.t` with idempotency key `k<seq>`, for the sinks' tests.
 #[cfg(test)]
 fn test_event(seq: u64, group: &str, payload: String) -> Event {

@@ -1,15 +1,13 @@
-//! SNS: a topic as a [`Destination`] (`PublishBatch`, 10 entries, 256 KiB).
+//! SNS: a topic as a [`Destination`](super::Destination) (`PublishBatch`,
+//! 10 entries, 256 KiB).
 
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 
-use super::aws::{request_entries, Destination, Entry};
-use super::destinations::Target;
+use super::aws::{send_batch, Entry};
+use super::destinations::{Service, Target};
 use super::fault::Fault;
 use super::SinkError;
 use crate::config::SinkConfig;
-
-/// SNS accepts 256 KiB per message and per batch.
-pub const SNS_MAX_BYTES: usize = 256 * 1024;
 
 /// One SNS topic (standard, or FIFO when the ARN ends with `.fifo`).
 #[derive(Debug, Clone)]
@@ -26,10 +24,6 @@ impl SnsTopic {
             client: aws_sdk_sns::Client::new(&conf),
             target,
         })
-    }
-
-    pub(super) fn target(&self) -> &Target {
-        &self.target
     }
 
     /// `GetTopicAttributes`: the topic exists, the credentials work, FIFO-ness matches the ARN.
@@ -50,38 +44,25 @@ impl SnsTopic {
     }
 }
 
-impl Destination for SnsTopic {
-    fn name(&self) -> &str {
-        &self.target.name
+impl Service for SnsTopic {
+    /// SNS accepts 256 KiB per message and per batch.
+    const MAX_BYTES: usize = 256 * 1024;
+
+    fn target(&self) -> &Target {
+        &self.target
     }
 
-    fn is_fifo(&self) -> bool {
-        self.target.fifo
-    }
-
-    fn max_bytes(&self) -> usize {
-        SNS_MAX_BYTES
-    }
-
-    async fn send_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
-        let request = request_entries!(
+    async fn send(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
+        send_batch!(
             entries,
             PublishBatchRequestEntry,
             message,
-            MessageAttributeValue
-        )?;
-        let out = self
-            .client
-            .publish_batch()
-            .topic_arn(&self.target.name)
-            .set_publish_batch_request_entries(Some(request))
-            .send()
-            .await
-            .map_err(Fault::from_sdk)?;
-        Ok(out
-            .failed()
-            .iter()
-            .map(|f| Fault::failed_entry(f.id(), f.code(), f.message(), f.sender_fault()))
-            .collect())
+            MessageAttributeValue,
+            |request| self
+                .client
+                .publish_batch()
+                .topic_arn(&self.target.name)
+                .set_publish_batch_request_entries(Some(request))
+        )
     }
 }

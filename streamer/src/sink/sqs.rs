@@ -1,15 +1,13 @@
-//! SQS: a queue as a [`Destination`] (`SendMessageBatch`, 10 entries, 1 MiB).
+//! SQS: a queue as a [`Destination`](super::Destination) (`SendMessageBatch`,
+//! 10 entries, 1 MiB).
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 
-use super::aws::{request_entries, Destination, Entry};
-use super::destinations::Target;
+use super::aws::{send_batch, Entry};
+use super::destinations::{Service, Target};
 use super::fault::Fault;
 use super::SinkError;
 use crate::config::SinkConfig;
-
-/// SQS accepts 1 MiB per message and per batch.
-pub const SQS_MAX_BYTES: usize = 1024 * 1024;
 
 /// One SQS queue (standard, or FIFO when the URL ends with `.fifo`).
 #[derive(Debug, Clone)]
@@ -33,10 +31,6 @@ impl SqsQueue {
         })
     }
 
-    pub(super) fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// `GetQueueAttributes`: the queue exists, the credentials work, FIFO-ness matches the URL.
     pub async fn check(&self) -> Result<String, SinkError> {
         let found = self
@@ -56,38 +50,25 @@ impl SqsQueue {
     }
 }
 
-impl Destination for SqsQueue {
-    fn name(&self) -> &str {
-        &self.target.name
+impl Service for SqsQueue {
+    /// SQS accepts 1 MiB per message and per batch.
+    const MAX_BYTES: usize = 1024 * 1024;
+
+    fn target(&self) -> &Target {
+        &self.target
     }
 
-    fn is_fifo(&self) -> bool {
-        self.target.fifo
-    }
-
-    fn max_bytes(&self) -> usize {
-        SQS_MAX_BYTES
-    }
-
-    async fn send_batch(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
-        let request = request_entries!(
+    async fn send(&self, entries: &[Entry<'_>]) -> Result<Vec<(usize, Fault)>, Fault> {
+        send_batch!(
             entries,
             SendMessageBatchRequestEntry,
             message_body,
-            MessageAttributeValue
-        )?;
-        let out = self
-            .client
-            .send_message_batch()
-            .queue_url(&self.target.name)
-            .set_entries(Some(request))
-            .send()
-            .await
-            .map_err(Fault::from_sdk)?;
-        Ok(out
-            .failed()
-            .iter()
-            .map(|f| Fault::failed_entry(f.id(), f.code(), f.message(), f.sender_fault()))
-            .collect())
+            MessageAttributeValue,
+            |request| self
+                .client
+                .send_message_batch()
+                .queue_url(&self.target.name)
+                .set_entries(Some(request))
+        )
     }
 }

@@ -11,11 +11,11 @@
 //! on a full pipe).
 
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Sink, SinkError};
+use super::{Failure, Sink, SinkError};
 use crate::event::{Event, Table};
 use crate::progress::Tracker;
 
@@ -45,7 +45,7 @@ pub struct StdoutSink {
     /// `None` once closed.
     tx: Option<mpsc::Sender<Chunk>>,
     /// Why the writer stopped, once it has.
-    failure: Arc<OnceLock<SinkError>>,
+    failure: Failure,
     /// Ends (with an error: nothing is sent on it) when the writer thread does.
     writer_done: Option<oneshot::Receiver<()>>,
 }
@@ -69,14 +69,14 @@ impl StdoutSink {
     pub fn with_writer(out: Box<dyn Write + Send>, tracker: Tracker) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let (done, writer_done) = oneshot::channel();
-        let failure = Arc::new(OnceLock::new());
-        let failed = Arc::clone(&failure);
+        let failure = Failure::default();
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("walcast-stdout".into())
             .spawn(move || write_chunks(out, rx, tracker, failed, done))
             .map(drop)
             .unwrap_or_else(|e| {
-                let _ = failure.set(io_error("cannot start the stdout writer", e));
+                failure.set(io_error("cannot start the stdout writer", e));
             });
         StdoutSink {
             chunk: Chunk::new(),
@@ -87,20 +87,19 @@ impl StdoutSink {
     }
 
     fn failed(&self) -> SinkError {
-        match (self.failure.get(), &self.tx) {
-            (Some(e), _) => e.clone(),
-            (None, None) => SinkError::Closed,
-            (None, Some(_)) => SinkError::Stopped("the stdout writer ended".into()),
+        self.failure.error(self.tx.is_some(), "the stdout writer")
+    }
+
+    /// The way to the writer, while the sink is open and the writer has not failed.
+    fn writer(&self) -> Result<&mpsc::Sender<Chunk>, SinkError> {
+        match &self.tx {
+            Some(tx) if self.failure.get().is_none() => Ok(tx),
+            _ => Err(self.failed()),
         }
     }
 
     async fn hand_over(&mut self) -> Result<(), SinkError> {
-        let Some(tx) = &self.tx else {
-            return Err(self.failed());
-        };
-        if self.failure.get().is_some() {
-            return Err(self.failed());
-        }
+        let tx = self.writer()?.clone();
         if self.chunk.events.is_empty() {
             return Ok(());
         }
@@ -122,12 +121,12 @@ fn write_chunks(
     mut out: Box<dyn Write + Send>,
     mut rx: mpsc::Receiver<Chunk>,
     tracker: Tracker,
-    failure: Arc<OnceLock<SinkError>>,
+    failure: Failure,
     _done: oneshot::Sender<()>,
 ) {
     while let Some(chunk) = rx.blocking_recv() {
         if let Err(e) = out.write_all(&chunk.bytes).and_then(|()| out.flush()) {
-            let _ = failure.set(io_error("writing to stdout", e));
+            failure.set(io_error("writing to stdout", e));
             return;
         }
         let metrics = tracker.metrics();
@@ -141,9 +140,7 @@ fn write_chunks(
 
 impl Sink for StdoutSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
-        if self.tx.is_none() || self.failure.get().is_some() {
-            return Err(self.failed());
-        }
+        self.writer()?;
         self.chunk.bytes.extend_from_slice(event.payload.as_bytes());
         self.chunk.bytes.push(b'\n');
         self.chunk
@@ -170,10 +167,7 @@ impl Sink for StdoutSink {
             let _ = done.await;
             self.writer_done = None;
         }
-        match self.failure.get() {
-            Some(e) => Err(e.clone()),
-            None => handed,
-        }
+        self.failure.or(handed)
     }
 }
 
