@@ -628,19 +628,8 @@ async fn fifo_exactly_once_across_kill_9_of_the_binary() {
             .expect("spawn streamer")
     };
     let mut child = start(1);
-    // Changes count from the slot's creation on.
-    let slot = format!("s_{}", db.name);
-    eventually(WAIT, || async {
-        db.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .expect("query")
-            .is_some()
-    })
-    .await;
+    // Changes count from the slot's consistent point on: wait until it streams.
+    db.wait_streaming(&format!("s_{}", db.name)).await;
     const N: usize = 2000;
     let writer = {
         let client = crate::support::connect(&db.url).await;

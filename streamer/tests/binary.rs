@@ -97,18 +97,7 @@ async fn stdout_sink_sigterm_confirms_and_restart_sends_nothing_twice() {
     let config = write_config(&db, dir.path(), "  tables: [t]\n");
     let mut s = Streamer::start(&config, dir.path(), 1);
     let slot = format!("s_{}", db.name);
-    eventually(WAIT, || async {
-        db.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
-    .await;
+    db.wait_streaming(&slot).await;
     db.exec("INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 500) i")
         .await;
     eventually(WAIT, || async { s.lines().len() >= 500 }).await;
@@ -139,18 +128,7 @@ async fn kill_9_mid_stream_loses_nothing() {
     let config = write_config(&db, dir.path(), "  tables: [t]\n");
     let mut s1 = Streamer::start(&config, dir.path(), 1);
     let slot = format!("s_{}", db.name);
-    eventually(WAIT, || async {
-        db.client
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
-    .await;
+    db.wait_streaming(&slot).await;
     // A writer: 400 transactions of 5 inserts, then an update of each row.
     let url = db.url.clone();
     let writer = tokio::spawn(async move {

@@ -128,7 +128,7 @@ pub struct Entry<'a> {
     pub id: String,
     /// The message body.
     pub body: &'a str,
-    /// String attributes `action`, `table_schema`, `table_name` ([`aws_text`]-escaped).
+    /// String attributes `action`, `table_schema`, `table_name` (escaped as `aws_text` does).
     pub attributes: [(&'static str, Cow<'a, str>); 3],
     /// `MessageGroupId` (the event's group id), for a FIFO destination.
     pub group_id: Option<&'a str>,
@@ -207,7 +207,7 @@ pub trait Destination: Send + Sync + 'static {
     fn is_fifo(&self) -> bool;
     /// Limit on one message and on one batch together, in bytes.
     fn max_bytes(&self) -> usize;
-    /// Sends up to [`MAX_ENTRIES`] entries in one call. `Ok` lists the entries
+    /// Sends up to `MAX_ENTRIES` (10) entries in one call. `Ok` lists the entries
     /// the service refused, by index, each with a [`Fault::Entry`]; `Err` is the
     /// fault of the whole call.
     fn send_batch(

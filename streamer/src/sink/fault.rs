@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-/// A failure a destination reported: the one input of [`classify`].
+/// A failure a destination reported: the one input of the sink's `classify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// The call got no answer: timeout, connection refused, DNS (always retried).

@@ -357,6 +357,26 @@ impl TestDb {
         (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64)
     }
 
+    /// Waits until a walsender streams from `slot`. Not merely `active`: while
+    /// `pg_create_logical_replication_slot` builds the slot (waiting for older
+    /// transactions), the creating backend holds it, and a transaction that
+    /// commits before the slot's consistent point is never streamed.
+    pub async fn wait_streaming(&self, slot: &str) {
+        eventually(Duration::from_secs(60), || async {
+            self.client
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r \
+                     ON r.pid = s.active_pid WHERE s.slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await;
+    }
+
     pub fn config_yaml(&self, extra: &str) -> String {
         format!(
             "source:\n  url: {}\n  slot: s_{}\n  publication: p_{}\n{extra}",
