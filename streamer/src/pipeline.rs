@@ -171,7 +171,13 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut failures = 0u32;
         loop {
-            match self.session(&mut shutdown).await {
+            let began = tokio::time::Instant::now();
+            let ended = self.session(&mut shutdown).await;
+            // A session that streamed for a while starts the backoff over.
+            if began.elapsed() > Duration::from_secs(60) {
+                failures = 0;
+            }
+            match ended {
                 Ok(SessionEnd::Shutdown) => {
                     return Ok(Stopped {
                         confirmed: self.tracker.confirmable(),
