@@ -32,6 +32,8 @@ port="$(free_port)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The streamers run inside `( … | wc )` subshells: stop them by their config path.
+  pkill -f "run --config $work/" 2>/dev/null || true
   run_pg "$bin/pg_ctl" -D "$work/data" stop -m immediate >/dev/null 2>&1 || true
   rm -rf "$work"
 }

@@ -300,6 +300,19 @@ async fn partial_composite_and_refused_backfills() {
     assert!(e.contains("public.loose has no primary key"), "{e}");
     let e = refused(&["nope"]).await;
     assert!(e.contains("does not exist"), "{e}");
+    // A --where-from value that is not of the column's type is refused up front.
+    let e = cli::run(
+        &config(&db.config_yaml(extra)),
+        Command::Request {
+            tables: vec!["items".into()],
+            where_from: Some("updated_at=notadate".into()),
+            detach: true,
+        },
+    )
+    .await
+    .expect_err("refused")
+    .to_string();
+    assert!(e.contains("not a value of type date"), "{e}");
     run.stop().await;
     db.drop_db().await;
 }

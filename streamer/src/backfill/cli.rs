@@ -52,6 +52,16 @@ pub async fn run(config: &Config, command: Command) -> Result<(), ReplicationErr
             store.ensure().await?;
             let n = store.cancel(slot, &ids).await?;
             println!("cancelled {n} backfill(s)");
+            if n == 0 {
+                eprintln!(
+                    "note: no unfinished backfill of slot {slot}{} (see --status)",
+                    if ids.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with id {ids:?}")
+                    }
+                );
+            }
             Ok(())
         }
         Command::Request {
@@ -99,7 +109,7 @@ async fn validate(
     let definite = |m: String| ReplicationError::Definite(m);
     if tables.is_empty() {
         return Err(definite(
-            "name the tables to backfill, e.g. `streamer backfill public.users`".into(),
+            "name the tables to backfill, e.g. `streamer backfill --config streamer.yaml public.users`".into(),
         ));
     }
     let where_from = match where_from {
@@ -131,10 +141,29 @@ async fn validate(
                  add it to source.tables (the streamer adds it at its next start), then backfill it"
             )));
         }
-        if let Some((column, _)) = &where_from {
-            if !described.table.columns.iter().any(|c| &c.name == column) {
+        if let Some((column, value)) = &where_from {
+            let Some(i) = described
+                .table
+                .columns
+                .iter()
+                .position(|c| &c.name == column)
+            else {
                 return Err(definite(format!(
                     "--where-from: {schema}.{name} has no column `{column}`"
+                )));
+            };
+            let ty = &described.types[i];
+            if let Err(e) = catalog
+                .client()
+                .query_one(&format!("SELECT $1::text::{ty}::text"), &[value])
+                .await
+            {
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string());
+                return Err(definite(format!(
+                    "--where-from {column}={value}: not a value of type {ty} ({why})"
                 )));
             }
         }

@@ -32,7 +32,7 @@ pub struct Described {
     /// As the stream describes it (columns, key, group key).
     pub table: Arc<Table>,
     /// `format_type` of each column (for casts of key values).
-    types: Vec<String>,
+    pub(crate) types: Vec<String>,
 }
 
 /// Describes `schema.table` for a backfill: its columns as the stream sends them,
@@ -105,7 +105,8 @@ pub async fn describe(
     if table.primary_key.is_empty() {
         return Err(ReplicationError::Definite(format!(
             "{schema}.{name} has no primary key (nor a replica identity index): a backfill reads in key \
-             order so that a row's read and its changes stay in order; add a primary key"
+             order so that a row's read and its changes stay in order; add a primary key (or \
+             ALTER TABLE … REPLICA IDENTITY USING INDEX <a unique index on NOT NULL columns>)"
         )));
     }
     Ok(Described {

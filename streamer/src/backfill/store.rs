@@ -99,8 +99,10 @@ impl Backfill {
     }
 
     /// Seconds left at the current rate.
+    /// Unknown without an estimate (a table Postgres has not analyzed yet).
     pub fn eta_secs(&self) -> Option<f64> {
-        let left = (self.rows_estimate? - self.rows_sent).max(0) as f64;
+        let total = self.rows_estimate.filter(|t| *t > 0)?;
+        let left = (total - self.rows_sent).max(0) as f64;
         self.rate().filter(|r| *r > 0.0).map(|r| left / r)
     }
 }
