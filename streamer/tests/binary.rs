@@ -245,6 +245,15 @@ async fn check_diagnoses_a_misconfigured_database() {
     db.drop_db().await;
 }
 
+/// `127.0.0.1:<a free port>` for the operations listener.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr).expect("connect to the ops listener");
@@ -279,11 +288,7 @@ async fn healthz_and_metrics() {
     db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(&db, dir.path(), "  tables: [t]\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     assert!(!healthz(&addr), "nothing listens yet");
     let mut s = Streamer::start_env(&config, dir.path(), 1, &[("WALCAST_HTTP_LISTEN", &addr)]);
     eventually(WAIT, || async { healthz(&addr) }).await;
@@ -339,11 +344,7 @@ async fn blocked_stdout_neither_hangs_healthz_nor_shutdown() {
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let config = write_config(
         &db,
         dir.path(),
@@ -441,11 +442,7 @@ async fn backfill_resumes_after_kill_9() {
     ))
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let config = write_config(
         &db,
         dir.path(),
