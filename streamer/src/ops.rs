@@ -175,6 +175,40 @@ impl Metrics {
         }
     }
 
+    /// [`Metrics::delivered_by`] for many events at once, `(table, commit time)` each
+    /// (one lock for all: the stdout sink accepts thousands per write).
+    pub fn delivered_all<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a str, i64)>,
+        now_micros: i64,
+    ) {
+        let (Ok(mut tables), Ok(mut l)) = (self.tables.lock(), self.latency.lock()) else {
+            return;
+        };
+        let mut any = false;
+        for (table, commit_time_micros) in events {
+            any = true;
+            match tables.get_mut(table) {
+                Some(c) => c.delivered += 1,
+                None => tables.entry(table.to_owned()).or_default().delivered += 1,
+            }
+            let secs = (now_micros - commit_time_micros).max(0) as f64 / 1e6;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    l.0[i] += 1;
+                }
+            }
+            l.1 += 1;
+            l.2 += secs;
+        }
+        drop((tables, l));
+        if any {
+            if let Ok(mut t) = self.last_accept.lock() {
+                *t = Some(Instant::now());
+            }
+        }
+    }
+
     /// A delivery attempt of an event failed (it will be retried or dead-lettered).
     pub fn failed(&self, e: &Event) {
         self.table(&e.table.qualified, |c| c.failed += 1);

@@ -122,6 +122,8 @@ struct Session {
     relations: HashMap<u32, Arc<Table>>,
     /// The open transaction.
     tx: Option<Transaction>,
+    /// Its id.
+    xid: u32,
     /// Events went to the sink since its last flush.
     unflushed: bool,
 }
@@ -361,9 +363,11 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         match msg {
             WalMessage::Begin {
                 final_lsn,
+                xid,
                 commit_time,
             } => {
                 self.tracker.begin();
+                state.xid = xid;
                 state.tx = Some(Transaction::begin(final_lsn, commit_time));
             }
             WalMessage::Commit { end_lsn } => {
@@ -442,8 +446,14 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     | PgOutput::Type { .. } => None,
                 };
                 if let Some((relation, change)) = change {
-                    self.emit(&state.relations, state.tx.as_mut(), relation, change)
-                        .await?;
+                    self.emit(
+                        &state.relations,
+                        state.tx.as_mut(),
+                        state.xid,
+                        relation,
+                        change,
+                    )
+                    .await?;
                     state.unflushed = true;
                 }
             }
@@ -468,11 +478,13 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let Some(coordinator) = self.backfills.clone() else {
             return Ok(());
         };
-        let Some(chunk) = coordinator.watermark(prefix, content) else {
+        let Some(due) = coordinator.watermark(prefix, content) else {
             return Ok(());
         };
+        let chunk = &due.chunk;
         // The chunk's reads go out here, at the high watermark, in stream order with
-        // every change; rows changed inside the window are left to their changes.
+        // every change; rows changed by transactions the read did not see are left
+        // to their changes.
         let at = chunk.read_at(tx.commit_lsn);
         let (builder, rows, table) = (&self.builder, &chunk.rows, &chunk.table);
         let build =
@@ -510,7 +522,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         }
         let mut sent = 0u64;
         for mut event in built {
-            if coordinator.changed_in_window(&event.pks) {
+            if due.changed.contains(&event.pks) {
                 continue;
             }
             event.seq = self.tracker.register();
@@ -527,6 +539,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         &mut self,
         relations: &HashMap<u32, Arc<Table>>,
         tx: Option<&mut Transaction>,
+        xid: u32,
         relation: u32,
         change: RowChange<'_>,
     ) -> Result<(), PipelineError> {
@@ -555,9 +568,9 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             .build(tx, table, change)
             .map_err(|e| ReplicationError::Definite(e.to_string()))?;
         if let Some(coordinator) = &self.backfills {
-            coordinator.changed(&table.qualified, &event.pks);
+            coordinator.changed(&table.qualified, xid, &event.pks);
             if let Some(old) = old_key.filter(|k| *k != event.pks) {
-                coordinator.changed(&table.qualified, &old);
+                coordinator.changed(&table.qualified, xid, &old);
             }
         }
         event.seq = self.tracker.register();

@@ -64,7 +64,7 @@ fn id(e: &ChangeEvent) -> i64 {
 /// older value than a change delivered before it (values only grow).
 #[tokio::test]
 async fn backfill_under_concurrent_writers_gives_the_final_state() {
-    // WALCAST_BACKFILL_TEST_ROWS=1000000 for the full-size run.
+    // 1M rows; WALCAST_BACKFILL_TEST_ROWS=… for a quicker run.
     let rows_env = std::env::var("WALCAST_BACKFILL_TEST_ROWS").ok();
     let rows: i64 = rows_env.and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     #[allow(non_snake_case)]

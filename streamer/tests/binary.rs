@@ -32,6 +32,8 @@ impl Streamer {
         let child = Command::new(env!("CARGO_BIN_EXE_streamer"))
             .args(["run", "--config"])
             .arg(config)
+            // The suite's own knob is not the streamer's (which refuses unknown WALCAST_*).
+            .env_remove("WALCAST_BACKFILL_TEST_ROWS")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(std::fs::File::create(&out).expect("out")))

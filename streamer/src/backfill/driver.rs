@@ -2,11 +2,12 @@
 //! chunks on its own SQL connection and brackets each with watermarks (see
 //! the [module documentation](super)).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{Backfill, State, Store};
-use super::{Chunk, Coordinator, Mark, HIGH, LOW};
+use super::{Chunk, Coordinator, Mark, Snapshot, HIGH, LOW};
 use crate::config::Config;
 use crate::event::Table;
 use crate::progress::Tracker;
@@ -33,6 +34,8 @@ pub struct Described {
     pub table: Arc<Table>,
     /// `format_type` of each column (for casts of key values).
     pub(crate) types: Vec<String>,
+    /// About the text bytes of a row, as read last (the next chunk's buffer).
+    row_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Describes `schema.table` for a backfill: its columns as the stream sends them,
@@ -112,6 +115,7 @@ pub async fn describe(
     Ok(Described {
         table: Arc::new(table),
         types,
+        row_bytes: 0.into(),
     })
 }
 
@@ -199,58 +203,176 @@ async fn send_all(
     tracing::info!(backfill = bf.id, table = %bf.qualified(), from = ?bf.last_key, "backfill running");
     let metrics = Arc::clone(tracker.metrics());
     let mut size = FIRST_CHUNK;
-    let mut attempts = 0u64;
+    let mut numbers = 0u64;
     let started = Instant::now();
     let sent_before = bf.rows_sent;
-    loop {
-        let store = Store::new(catalog.client());
-        if store.state(bf.id).await? == State::Cancelled {
-            tracing::info!(backfill = bf.id, "backfill cancelled");
-            metrics.backfill(&bf.qualified(), "cancelled", &bf, None);
-            return Ok(());
-        }
-        let round = Instant::now();
-        attempts += 1;
-        let mark = Mark {
+    // Each pass watches the table from a new low watermark and reads from the last
+    // stored key; a chunk the pipeline could not send starts a new pass.
+    'watch: loop {
+        numbers += 1;
+        let low = Mark {
             run: coordinator.run(),
             id: bf.id,
-            chunk: attempts,
+            chunk: numbers,
         };
-        let Some(read) = chunk(catalog, coordinator, tracker, &described, &bf, mark, size).await?
-        else {
+        coordinator.expect(&described.table.qualified);
+        emit(catalog, LOW, low).await?;
+        let seen = coordinator
+            .wait_for(WATERMARK_WAIT, |v| {
+                (v.low_seen() == Some(low)).then_some(())
+            })
+            .await;
+        if seen.is_none() {
+            tracing::warn!(backfill = bf.id, "low watermark not seen; watching again");
             continue;
-        };
-        let Some(last_key) = read.last_key else {
-            store.finish(bf.id, State::Done, None).await?;
-            tracing::info!(backfill = bf.id, table = %bf.qualified(), rows = bf.rows_sent, "backfill done");
-            bf.state = State::Done;
-            metrics.backfill(&bf.qualified(), "done", &bf, None);
-            return Ok(());
-        };
-        let (bytes, sent) = (read.bytes, read.sent);
-        store.progress(bf.id, &last_key, sent).await?;
-        bf.rows_sent += sent as i64;
-        bf.chunks += 1;
-        bf.last_key = Some(last_key);
-        let rate = (bf.rows_sent - sent_before) as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        metrics.backfill(&bf.qualified(), "running", &bf, Some(rate));
-        let full = read.rows >= size;
-        let took = round.elapsed();
-        size = if bytes > MAX_CHUNK_BYTES || took > CHUNK_BUDGET * 2 {
-            (size / 2).max(MIN_CHUNK)
-        } else if took < CHUNK_BUDGET / 2 {
-            (size * 2).min(MAX_CHUNK)
-        } else {
-            size
-        };
-        if !full {
-            store.finish(bf.id, State::Done, None).await?;
-            tracing::info!(backfill = bf.id, table = %bf.qualified(), rows = bf.rows_sent, "backfill done");
-            bf.state = State::Done;
-            metrics.backfill(&bf.qualified(), "done", &bf, None);
-            return Ok(());
+        }
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut next_key = bf.last_key.clone();
+        let mut first = true;
+        let mut read_all = false;
+        loop {
+            // Settle the oldest chunks: when too many are out, or when all is read.
+            while in_flight.len() >= IN_FLIGHT || (read_all && !in_flight.is_empty()) {
+                let Some(f) = in_flight.pop_front() else {
+                    break;
+                };
+                let Some(sent) = settle(coordinator, tracker, &f).await else {
+                    tracing::warn!(
+                        backfill = bf.id,
+                        chunk = f.mark.chunk,
+                        "chunk not sent at its high watermark; reading it again"
+                    );
+                    continue 'watch;
+                };
+                Store::new(catalog.client())
+                    .progress(bf.id, &f.last_key, sent)
+                    .await?;
+                bf.rows_sent += sent as i64;
+                bf.chunks += 1;
+                bf.last_key = Some(f.last_key);
+                let rate =
+                    (bf.rows_sent - sent_before) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                metrics.backfill(&bf.qualified(), "running", &bf, Some(rate));
+                let took = f.started.elapsed();
+                size = if f.bytes > MAX_CHUNK_BYTES || took > CHUNK_BUDGET * 2 {
+                    (size / 2).max(MIN_CHUNK)
+                } else if took < CHUNK_BUDGET / 2 {
+                    (size * 2).min(MAX_CHUNK)
+                } else {
+                    size
+                };
+            }
+            if read_all {
+                Store::new(catalog.client())
+                    .finish(bf.id, State::Done, None)
+                    .await?;
+                tracing::info!(backfill = bf.id, table = %bf.qualified(), rows = bf.rows_sent, "backfill done");
+                bf.state = State::Done;
+                metrics.backfill(&bf.qualified(), "done", &bf, None);
+                return Ok(());
+            }
+            if Store::new(catalog.client()).state(bf.id).await? == State::Cancelled {
+                tracing::info!(backfill = bf.id, "backfill cancelled");
+                metrics.backfill(&bf.qualified(), "cancelled", &bf, None);
+                return Ok(());
+            }
+            numbers += 1;
+            let mark = Mark {
+                run: coordinator.run(),
+                id: bf.id,
+                chunk: numbers,
+            };
+            let t0 = Instant::now();
+            let read =
+                read_chunk(catalog, &described, &bf, next_key.as_deref(), size, first).await?;
+            first = false;
+            read_all = read.rows.len() < size;
+            let Some(last_key) = last_key(&described, &read.rows) else {
+                continue;
+            };
+            let bytes = read.rows.bytes();
+            coordinator.hand_over(Chunk {
+                mark,
+                table: Arc::clone(&described.table),
+                rows: read.rows,
+                read_time_micros: read.time_micros,
+                snapshot: read.snapshot,
+            });
+            emit(catalog, HIGH, mark).await?;
+            tracing::debug!(
+                chunk = mark.chunk,
+                read_ms = t0.elapsed().as_millis() as u64,
+                "backfill chunk read"
+            );
+            next_key = Some(last_key.clone());
+            in_flight.push_back(InFlight {
+                mark,
+                last_key,
+                bytes,
+                started: t0,
+            });
         }
     }
+}
+
+/// Chunks read at once: the next is read while the last is built and sent.
+const IN_FLIGHT: usize = 2;
+
+/// A chunk read and handed over, not yet accepted.
+struct InFlight {
+    mark: Mark,
+    /// Key of its last row (where the next chunk starts).
+    last_key: Vec<String>,
+    /// Text bytes read.
+    bytes: usize,
+    /// When its read began.
+    started: Instant,
+}
+
+/// Waits until the pipeline sent the chunk at its high watermark and the sink
+/// accepted every read: the reads sent, or `None` when the chunk must be read again.
+async fn settle(coordinator: &Coordinator, tracker: &Tracker, f: &InFlight) -> Option<u64> {
+    let mark = f.mark;
+    let emitted = coordinator
+        .wait_for(WATERMARK_WAIT, |v| v.take_emitted(mark))
+        .await?;
+    let sent = emitted.sent?;
+    // Progress is stored only once the sink accepted every read of the chunk.
+    let mut confirmed = tracker.subscribe();
+    let _ = confirmed.wait_for(|c| *c > emitted.commit_lsn).await;
+    tracing::debug!(
+        chunk = mark.chunk,
+        sent,
+        accepted_ms = f.started.elapsed().as_millis() as u64,
+        "backfill chunk accepted"
+    );
+    Some(sent)
+}
+
+/// A watermark, in a transaction of its own.
+async fn emit(catalog: &Catalog, prefix: &str, mark: Mark) -> Result<(), ReplicationError> {
+    let content = serde_json::to_string(&mark).unwrap_or_default();
+    catalog
+        .client()
+        .execute(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&prefix, &content],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| ReplicationError::Transient(format!("emitting a watermark: {e}")))
+}
+
+/// The key of the last row, as text (`None`: no rows).
+fn last_key(d: &Described, rows: &super::Rows) -> Option<Vec<String>> {
+    let last: Vec<Option<&[u8]>> = rows.row(rows.len().checked_sub(1)?).collect();
+    Some(
+        d.table
+            .primary_key
+            .iter()
+            .map(|&i| String::from_utf8_lossy(last[i].unwrap_or_default()).into_owned())
+            .collect(),
+    )
 }
 
 /// `'…'::type`: a value as an SQL literal of its column's type
@@ -311,65 +433,31 @@ fn copy_sql(d: &Described, bf: &Backfill, last_key: Option<&[String]>, limit: us
     )
 }
 
-/// What one chunk read and sent.
+/// One chunk's read.
 struct Read {
-    /// Rows read.
-    rows: usize,
-    /// Key of the last row read (where the next chunk starts); `None`: no row.
-    last_key: Option<Vec<String>>,
-    /// Text bytes read.
-    bytes: usize,
-    /// `read` events sent (rows changed inside the window are not).
-    sent: u64,
+    rows: super::Rows,
+    /// When the rows were read, microseconds since the Unix epoch.
+    time_micros: i64,
+    /// What the read saw.
+    snapshot: Snapshot,
 }
 
-/// One chunk: watermarks around a read. `None` when the pipeline did not see
-/// the window whole (a reconnect): the caller reads the chunk again.
-#[allow(clippy::too_many_arguments)]
-async fn chunk(
+/// How often the first read of a watch takes a new snapshot while a transaction
+/// it holds as running has committed (see the [module documentation](super)).
+const STRAGGLER_TRIES: u32 = 100;
+
+/// Reads one chunk in a transaction of its own, with its snapshot. `first`: the
+/// first read since the low watermark, which waits for committed transactions its
+/// snapshot did not see.
+async fn read_chunk(
     catalog: &Catalog,
-    coordinator: &Coordinator,
-    tracker: &Tracker,
     d: &Described,
     bf: &Backfill,
-    mark: Mark,
+    after: Option<&[String]>,
     size: usize,
-) -> Result<Option<Read>, ReplicationError> {
+    first: bool,
+) -> Result<Read, ReplicationError> {
     let client = catalog.client();
-    let content = serde_json::to_string(&mark).unwrap_or_default();
-    let emit = |prefix: &'static str| {
-        let content = content.clone();
-        async move {
-            client
-                .execute(
-                    "SELECT pg_logical_emit_message(true, $1, $2)",
-                    &[&prefix, &content],
-                )
-                .await
-                .map_err(|e| ReplicationError::Transient(format!("emitting a watermark: {e}")))
-        }
-    };
-    let t0 = Instant::now();
-    coordinator.expect(&d.table.qualified);
-    emit(LOW).await?;
-    // The read starts only once the pipeline is past the low watermark: every change
-    // committed before it has been streamed, and is visible to the read.
-    let seen = coordinator
-        .wait_for(WATERMARK_WAIT, |v| {
-            (v.low_seen() == Some(mark)).then_some(())
-        })
-        .await;
-    if seen.is_none() {
-        tracing::warn!(
-            backfill = bf.id,
-            chunk = mark.chunk,
-            "low watermark not seen; reading the chunk again"
-        );
-        return Ok(None);
-    }
-    let t_low = t0.elapsed();
-    let sql = copy_sql(d, bf, bf.last_key.as_deref(), size);
-    let read_time_micros = change_event_now_micros();
     let failed = |e: tokio_postgres::Error| match e.as_db_error() {
         Some(db) if db.code().code() == "42501" => ReplicationError::Definite(format!(
             "reading {}: {}: GRANT SELECT ON {} TO the streamer's user",
@@ -382,67 +470,80 @@ async fn chunk(
         }
         None => ReplicationError::Transient(format!("reading {}: {e}", d.table.qualified)),
     };
+    let read = read_in_transaction(client, d, bf, after, size, first, &failed).await;
+    if read.is_err() {
+        // Leave the session usable (the failure is stored with the backfill through it).
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    read
+}
+
+async fn read_in_transaction(
+    client: &tokio_postgres::Client,
+    d: &Described,
+    bf: &Backfill,
+    after: Option<&[String]>,
+    size: usize,
+    first: bool,
+    failed: &impl Fn(tokio_postgres::Error) -> ReplicationError,
+) -> Result<Read, ReplicationError> {
+    let mut tries = 0;
+    let snapshot = loop {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(failed)?;
+        // The first statement takes the transaction's snapshot.
+        let row = client
+            .query_one(
+                "SELECT s::text, (SELECT count(*) FROM pg_snapshot_xip(s) x \
+                   WHERE $1 AND pg_xact_status(x) = 'committed') \
+                 FROM pg_current_snapshot() s",
+                &[&first],
+            )
+            .await
+            .map_err(failed)?;
+        let committed: i64 = row.get(1);
+        if committed == 0 || tries >= STRAGGLER_TRIES {
+            if committed > 0 {
+                tracing::warn!(
+                    backfill = bf.id,
+                    "transactions stayed committed but not visible; reading anyway"
+                );
+            }
+            break Snapshot::parse(row.get(0)).map_err(ReplicationError::Definite)?;
+        }
+        tries += 1;
+        client.batch_execute("ROLLBACK").await.map_err(failed)?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let time_micros = change_event_now_micros();
+    let sql = copy_sql(d, bf, after, size);
     let stream = client.copy_out(sql.as_str()).await.map_err(failed)?;
     let mut stream = std::pin::pin!(stream);
-    let mut text = Vec::new();
-    while let Some(part) = futures_util::StreamExt::next(&mut stream).await {
-        text.extend_from_slice(&part.map_err(failed)?);
-    }
-    let rows = super::Rows::from_copy_text(&text, d.table.columns.len())
-        .map_err(|e| ReplicationError::Definite(format!("reading {}: {e}", d.table.qualified)))?;
-    drop(text);
-    let read = Read {
-        rows: rows.len(),
-        last_key: (!rows.is_empty()).then(|| {
-            let last: Vec<Option<&[u8]>> = rows.row(rows.len() - 1).collect();
-            d.table
-                .primary_key
-                .iter()
-                .map(|&i| String::from_utf8_lossy(last[i].unwrap_or_default()).into_owned())
-                .collect()
-        }),
-        bytes: rows.bytes(),
-        sent: 0,
-    };
-    let t_read = t0.elapsed();
-    coordinator.hand_over(Chunk {
-        mark,
-        table: Arc::clone(&d.table),
-        rows,
-        read_time_micros,
-    });
-    emit(HIGH).await?;
-    let emitted = coordinator
-        .wait_for(WATERMARK_WAIT, |v| {
-            v.take_emitted().filter(|e| e.mark == mark)
-        })
-        .await;
-    let Some(emitted) = emitted else {
-        tracing::warn!(
-            backfill = bf.id,
-            chunk = mark.chunk,
-            "high watermark not seen; reading the chunk again"
-        );
-        return Ok(None);
-    };
-    let Some(sent) = emitted.sent else {
-        return Ok(None);
-    };
-    let read = Read { sent, ..read };
-    // Progress is stored only once the sink accepted every read of the chunk.
-    let t_high = t0.elapsed();
-    let mut confirmed = tracker.subscribe();
-    let _ = confirmed.wait_for(|c| *c > emitted.commit_lsn).await;
-    tracing::debug!(
-        chunk = mark.chunk,
-        rows = read.rows,
-        low_ms = t_low.as_millis() as u64,
-        read_ms = t_read.as_millis() as u64,
-        emitted_ms = t_high.as_millis() as u64,
-        accepted_ms = t0.elapsed().as_millis() as u64,
-        "backfill chunk"
+    let mut rows = super::Rows::new(d.table.columns.len());
+    rows.reserve(
+        size,
+        d.row_bytes.load(std::sync::atomic::Ordering::Relaxed) * size,
     );
-    Ok(Some(read))
+    let mut carry = Vec::new();
+    let parse_failed =
+        |e: String| ReplicationError::Definite(format!("reading {}: {e}", d.table.qualified));
+    while let Some(part) = futures_util::StreamExt::next(&mut stream).await {
+        rows.push_copy_part(&part.map_err(failed)?, &mut carry)
+            .map_err(parse_failed)?;
+    }
+    rows.push_copy_text(&carry).map_err(parse_failed)?;
+    client.batch_execute("COMMIT").await.map_err(failed)?;
+    if let Some(per_row) = rows.bytes().checked_div(rows.len()) {
+        d.row_bytes
+            .store(per_row + per_row / 8, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(Read {
+        rows,
+        time_micros,
+        snapshot,
+    })
 }
 
 fn change_event_now_micros() -> i64 {

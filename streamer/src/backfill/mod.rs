@@ -1,38 +1,58 @@
 //! Backfills: the rows a table already holds, as `read` events, while
-//! streaming goes on (DBLog's watermarks, Netflix 2019).
+//! streaming goes on (DBLog's watermarks, Netflix 2019, with each read's
+//! snapshot deciding which rows it may send).
 //!
 //! ```text
 //!  driver (own SQL connection)                 pipeline (the slot, in commit order)
 //!  ───────────────────────────                 ─────────────────────────────────────
-//!  emit LOW(run, id, k) ──────── WAL ────────▶ LOW: open the window (table, k)
-//!  wait until the pipeline saw LOW ◀────────── note every key changed in the table
-//!  SELECT … WHERE key > last ORDER BY key LIMIT n
-//!  hand the chunk over
-//!  emit HIGH(run, id, k) ─────── WAL ────────▶ HIGH: drop the chunk's rows whose key
-//!                                                changed in the window, send the rest
-//!                                                as `read` events right here, in order
-//!  wait until the reads are accepted ◀──────── (the high watermark's transaction
+//!  emit LOW(run, id) ─────────── WAL ────────▶ LOW: watch the table: log the
+//!  wait until the pipeline saw LOW ◀────────── (transaction id, key) of each change
+//!  per chunk, without waiting for the last:
+//!    BEGIN REPEATABLE READ; pg_current_snapshot();
+//!    COPY (SELECT … WHERE key > last ORDER BY key LIMIT n); COMMIT
+//!    hand the chunk and its snapshot over
+//!    emit HIGH(run, id, k) ───── WAL ────────▶ HIGH k: drop the chunk's rows whose key
+//!                                                a transaction changed that the read's
+//!                                                snapshot did not see; send the rest as
+//!                                                `read` events right here, in order
+//!  once chunk k's reads are accepted ◀──────── (the high watermark's transaction
 //!  store progress (last key, rows sent)          confirms only once they are)
 //! ```
 //!
-//! **Why no read overwrites a newer change.** A change committed before LOW
-//! reached the pipeline was visible to the SELECT, which starts only after the
-//! pipeline saw LOW; its event went out before the chunk's. A change committed
-//! between LOW and HIGH may or may not be in the SELECT: its row is dropped
-//! from the chunk (its change event carries the row). A change committed after
-//! HIGH comes after the chunk in the stream. Each chunk's reads are therefore
-//! in stream order with every change of their rows, and a FIFO message group
-//! (one row) sees them in that order. The watermarks carry this process's
-//! `run` number, so after a restart the old watermarks still in the slot are
-//! ignored and the chunk is read again.
+//! **Why no read overwrites a newer change.** Take a row of chunk k and a
+//! change of it committed by transaction T. If the read's snapshot saw T, the
+//! read holds T's row or a later one, and T committed before the read began, so
+//! before HIGH k: T's event is ahead of the read in the stream, and any change
+//! after T the read also holds is either seen (the same argument) or unseen
+//! (below). If the snapshot did not see T and T comes before HIGH k in the
+//! stream, the pipeline logged T's key (T commits after LOW, see below) and the
+//! row is dropped from the chunk: T's event carries it. If T comes after HIGH k,
+//! its event follows the read. Each chunk's reads therefore sit in stream order
+//! with every change of their rows, and a FIFO message group (one row) sees
+//! them in that order.
+//!
+//! A transaction the first read did not see but whose commit is before LOW in
+//! the stream would escape the log: Postgres writes a commit record before it
+//! makes the transaction visible (a synchronous standby's acknowledgement comes
+//! in between). The first read of each watch therefore also asks
+//! `pg_xact_status` of every transaction its snapshot holds as running, and
+//! takes a new snapshot while one of them has in fact committed.
+//!
+//! The log keeps only what a later read might not see: at each high watermark,
+//! changes the chunk's snapshot saw are forgotten (a later snapshot sees them
+//! too). Reads go on while earlier chunks are built and sent (a few in flight),
+//! so a chunk costs its `COPY`, not its round trips. The watermarks carry this
+//! process's `run` number, so after a restart the old watermarks still in the
+//! slot are ignored and the chunk is read again.
 //!
 //! **Resumable.** Progress lives in the source database
 //! ([`store`]: `walcast.backfills`), written after a chunk's reads were
-//! accepted by the sink; a restarted streamer continues after the last
-//! finished chunk. A chunk whose reads went out but whose progress was not yet
-//! written is sent again (at least once, with the same idempotency keys).
+//! accepted by the sink, in chunk order; a restarted streamer continues after
+//! the last finished chunk. A chunk whose reads went out but whose progress was
+//! not yet written is sent again (at least once, with the same idempotency keys).
 //!
-//! **Bounded.** One chunk at a time; its size adapts to a time budget.
+//! **Bounded.** A few chunks in flight; their size adapts to a time budget and
+//! a byte cap.
 
 pub mod cli;
 mod driver;
@@ -40,7 +60,7 @@ pub mod store;
 
 pub use driver::run as drive;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -77,6 +97,8 @@ pub struct Chunk {
     pub rows: Rows,
     /// When the rows were read, microseconds since the Unix epoch.
     pub read_time_micros: i64,
+    /// What the read saw.
+    pub snapshot: Snapshot,
 }
 
 /// Rows of text values in one buffer: no allocation per value.
@@ -90,38 +112,89 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Parses COPY's text format (one row per line, tab-separated, `\N` for NULL,
+    /// Parses COPY's text format (one row per line, tab-separated, `\\N` for NULL,
     /// backslash escapes) of rows with `columns` values each.
     pub fn from_copy_text(text: &[u8], columns: usize) -> Result<Rows, String> {
-        let mut rows = Rows {
-            buf: Vec::with_capacity(text.len()),
+        let mut rows = Rows::new(columns);
+        rows.push_copy_text(text)?;
+        Ok(rows)
+    }
+
+    /// No rows yet, of `columns` values each.
+    pub fn new(columns: usize) -> Rows {
+        Rows {
+            buf: Vec::new(),
             values: Vec::new(),
             columns,
-        };
-        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let before = rows.values.len();
-            for field in line.split(|&b| b == b'\t') {
-                if field == b"\\N" {
-                    rows.values.push(None);
+        }
+    }
+
+    /// Room for `rows` more rows of `bytes` text in all.
+    pub fn reserve(&mut self, rows: usize, bytes: usize) {
+        self.values.reserve(rows * self.columns);
+        self.buf.reserve(bytes);
+    }
+
+    /// Adds one CopyData message of a `COPY … TO STDOUT` (Postgres sends a row in
+    /// each; a row split across messages waits in `carry`, whose rest the caller
+    /// passes to [`Rows::push_copy_text`] at the end).
+    pub fn push_copy_part(&mut self, part: &[u8], carry: &mut Vec<u8>) -> Result<(), String> {
+        if carry.is_empty() && part.ends_with(b"\n") {
+            return self.push_copy_text(part);
+        }
+        carry.extend_from_slice(part);
+        if let Some(end) = memchr::memrchr(b'\n', carry) {
+            self.push_copy_text(&carry[..=end])?;
+            carry.drain(..=end);
+        }
+        Ok(())
+    }
+
+    /// Adds whole lines of COPY's text format (as each CopyData message of a
+    /// `COPY … TO STDOUT` holds: one row).
+    pub fn push_copy_text(&mut self, text: &[u8]) -> Result<(), String> {
+        let columns = self.columns;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let (line, after) = (&rest[..end], rest.get(end + 1..).unwrap_or_default());
+            rest = after;
+            if line.is_empty() {
+                continue;
+            }
+            let before = self.values.len();
+            let mut field_start = 0;
+            let mut escaped = false;
+            // One pass over the line: tabs end fields, a backslash marks one to unescape.
+            for at in memchr::memchr2_iter(b'\t', b'\\', line).chain([line.len()]) {
+                if at < line.len() && line[at] == b'\\' {
+                    escaped = true;
                     continue;
                 }
-                let start = rows.buf.len() as u32;
-                if field.contains(&b'\\') {
-                    unescape(field, &mut rows.buf)?;
+                let field = &line[field_start..at];
+                field_start = at + 1;
+                if field == b"\\N" {
+                    self.values.push(None);
                 } else {
-                    rows.buf.extend_from_slice(field);
+                    let start = self.buf.len() as u32;
+                    if escaped {
+                        unescape(field, &mut self.buf)?;
+                    } else {
+                        self.buf.extend_from_slice(field);
+                    }
+                    self.values
+                        .push(Some((start, self.buf.len() as u32 - start)));
                 }
-                rows.values
-                    .push(Some((start, rows.buf.len() as u32 - start)));
+                escaped = false;
             }
-            if rows.values.len() - before != columns {
+            if self.values.len() - before != columns {
                 return Err(format!(
                     "a COPY row has {} values, the table {columns}",
-                    rows.values.len() - before
+                    self.values.len() - before
                 ));
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Rows held.
@@ -215,19 +288,78 @@ pub struct Emitted {
     /// Commit LSN of the high watermark's transaction: the reads are accepted
     /// once the confirmable LSN is past it.
     pub commit_lsn: u64,
-    /// Reads sent, or `None` when the window was not seen whole (read the chunk again).
+    /// Reads sent, or `None` when the chunk was not there to send (read it again).
     pub sent: Option<u64>,
+}
+
+/// A chunk due at its high watermark, and the keys it must leave to their changes.
+#[derive(Debug)]
+pub struct Due {
+    /// The chunk.
+    pub chunk: Chunk,
+    /// Keys (`record_pks` JSON) changed by transactions the read did not see
+    /// that are before the high watermark in the stream.
+    pub changed: HashSet<String>,
+}
+
+/// The visibility of one read: `pg_current_snapshot()` of its transaction,
+/// transaction ids cut to the 32 bits the stream's Begin messages carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    xmin: u32,
+    xmax: u32,
+    xip: Vec<u32>,
+}
+
+impl Snapshot {
+    /// Parses `pg_snapshot` text output: `xmin:xmax:xip,xip,…`.
+    pub fn parse(text: &str) -> Result<Snapshot, String> {
+        let bad = || format!("not a pg_snapshot: {text:?}");
+        let mut parts = text.trim().splitn(3, ':');
+        let xid = |s: Option<&str>| -> Result<u32, String> {
+            // xid8: epoch in the high 32 bits; the stream carries the low 32.
+            s.and_then(|s| s.parse::<u64>().ok())
+                .map(|x| x as u32)
+                .ok_or_else(bad)
+        };
+        let xmin = xid(parts.next())?;
+        let xmax = xid(parts.next())?;
+        let xip = match parts.next() {
+            None | Some("") => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|x| x.parse::<u64>().map(|x| x as u32).map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Snapshot { xmin, xmax, xip })
+    }
+
+    /// Whether the committed transaction `xid` is visible to this snapshot
+    /// (Postgres's `XidInMVCCSnapshot`, for a transaction known to have committed).
+    pub fn sees(&self, xid: u32) -> bool {
+        // Modulo-2^32 order, as Postgres compares normal transaction ids.
+        let precedes = |a: u32, b: u32| (a.wrapping_sub(b) as i32) < 0;
+        if precedes(xid, self.xmin) {
+            return true;
+        }
+        precedes(xid, self.xmax) && !self.xip.contains(&xid)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// The table the next window watches (`schema.table`), set by the driver.
+    /// The table the next low watermark starts watching (`schema.table`), set by the driver.
     expected: Option<String>,
-    /// The window opened by a low watermark: table and the keys changed since.
-    window: Option<(Mark, String, HashSet<String>)>,
+    /// The low watermark seen last and the table watched since.
+    watching: Option<(Mark, String)>,
+    /// Changes of the watched table since the low watermark: transaction id and key.
+    /// Entries every later read sees are dropped at each high watermark.
+    log: Vec<(u32, String)>,
     low_seen: Option<Mark>,
-    pending: Option<Chunk>,
-    emitted: Option<Emitted>,
+    /// Chunks read, waiting for their high watermarks (in order).
+    pending: VecDeque<Chunk>,
+    /// What the pipeline did at high watermarks the driver has not collected yet.
+    emitted: Vec<Emitted>,
 }
 
 /// Shared by the pipeline (which sees the watermarks in the stream) and the
@@ -237,7 +369,7 @@ pub struct Coordinator {
     run: u64,
     shared: Arc<Mutex<Shared>>,
     changed: Arc<Notify>,
-    /// A window is open: changes must be looked at (the fast path of every change).
+    /// A table is watched: changes must be looked at (the fast path of every change).
     open: Arc<AtomicBool>,
 }
 
@@ -280,9 +412,8 @@ impl Coordinator {
         self.changed.notify_waiters();
     }
 
-    /// Pipeline: a watermark message. Returns the chunk to emit at a high
-    /// watermark whose window was seen whole.
-    pub fn watermark(&self, prefix: &str, content: &[u8]) -> Option<Chunk> {
+    /// Pipeline: a watermark message. Returns the chunk due at a high watermark.
+    pub fn watermark(&self, prefix: &str, content: &[u8]) -> Option<Due> {
         let Ok(mark) = serde_json::from_slice::<Mark>(content) else {
             return None;
         };
@@ -291,29 +422,42 @@ impl Coordinator {
         }
         let mut g = self.lock();
         let out = match prefix {
+            // A low watermark seen again (the stream restarted before it) changes nothing.
+            LOW if g.watching.as_ref().is_some_and(|(m, _)| *m == mark) => None,
             LOW => {
                 let table = g.expected.clone().unwrap_or_default();
-                g.window = Some((mark, table, HashSet::new()));
+                g.watching = Some((mark, table));
+                g.log.clear();
                 g.low_seen = Some(mark);
                 self.open.store(true, Ordering::Release);
                 None
             }
             HIGH => {
-                let whole = matches!(&g.window, Some((m, _, _)) if *m == mark);
-                let chunk = match g.pending.take() {
-                    Some(c) if c.mark == mark && whole => Some(c),
-                    _ => None,
-                };
-                if chunk.is_none() {
-                    g.window = None;
-                    self.open.store(false, Ordering::Release);
-                    g.emitted = Some(Emitted {
-                        mark,
-                        commit_lsn: 0,
-                        sent: None,
-                    });
+                let watched = g.watching.as_ref().is_some_and(|(m, _)| m.id == mark.id);
+                let at = g.pending.iter().position(|c| c.mark == mark);
+                match at.filter(|_| watched) {
+                    Some(at) => {
+                        let chunk = g.pending.remove(at)?;
+                        let snapshot = &chunk.snapshot;
+                        let changed = g
+                            .log
+                            .iter()
+                            .filter(|(xid, _)| !snapshot.sees(*xid))
+                            .map(|(_, key)| key.clone())
+                            .collect();
+                        // What this read saw, every later read sees.
+                        g.log.retain(|(xid, _)| !snapshot.sees(*xid));
+                        Some(Due { chunk, changed })
+                    }
+                    None => {
+                        g.emitted.push(Emitted {
+                            mark,
+                            commit_lsn: 0,
+                            sent: None,
+                        });
+                        None
+                    }
                 }
-                chunk
             }
             _ => None,
         };
@@ -323,56 +467,42 @@ impl Coordinator {
     }
 
     /// Pipeline: a change of `table` (`schema.table`) to the row with key `pks`
-    /// (`record_pks` as JSON); recorded while a window on that table is open.
-    pub fn changed(&self, table: &str, pks: &str) {
+    /// (`record_pks` as JSON) by transaction `xid`; logged while the table is watched.
+    pub fn changed(&self, table: &str, xid: u32, pks: &str) {
         if !self.open.load(Ordering::Acquire) {
             return;
         }
         let mut g = self.lock();
-        if let Some((_, t, keys)) = g.window.as_mut() {
-            if t == table {
-                keys.insert(pks.to_owned());
-            }
+        if g.watching.as_ref().is_some_and(|(_, t)| t == table) {
+            g.log.push((xid, pks.to_owned()));
         }
-    }
-
-    /// Pipeline: whether the row with key `pks` changed inside the open window.
-    pub fn changed_in_window(&self, pks: &str) -> bool {
-        let g = self.lock();
-        g.window
-            .as_ref()
-            .is_some_and(|(_, _, keys)| keys.contains(pks))
     }
 
     /// Pipeline: the chunk's reads were handed to the sink in the high watermark's
     /// transaction (committed at `commit_lsn`).
     pub fn emitted(&self, mark: Mark, commit_lsn: u64, sent: u64) {
-        let mut g = self.lock();
-        g.window = None;
-        self.open.store(false, Ordering::Release);
-        g.emitted = Some(Emitted {
+        self.lock().emitted.push(Emitted {
             mark,
             commit_lsn,
             sent: Some(sent),
         });
-        drop(g);
         self.wake();
     }
 
-    /// Driver: the table whose keys the next window records (`schema.table`).
+    /// Driver: the table the next low watermark starts watching (`schema.table`);
+    /// forgets every chunk of before.
     pub(crate) fn expect(&self, table: &str) {
         let mut g = self.lock();
-        g.pending = None;
-        g.emitted = None;
-        g.low_seen = None;
-        g.window = None;
+        *g = Shared {
+            expected: Some(table.to_owned()),
+            ..Shared::default()
+        };
         self.open.store(false, Ordering::Release);
-        g.expected = Some(table.to_owned());
     }
 
     /// Driver: hands a chunk over before emitting its high watermark.
     pub(crate) fn hand_over(&self, chunk: Chunk) {
-        self.lock().pending = Some(chunk);
+        self.lock().pending.push_back(chunk);
     }
 
     /// Driver: waits until `f` finds what it waits for.
@@ -410,9 +540,10 @@ impl SharedView<'_> {
     pub(crate) fn low_seen(&self) -> Option<Mark> {
         self.shared.low_seen
     }
-    /// Takes what the pipeline did with the last high watermark.
-    pub(crate) fn take_emitted(&mut self) -> Option<Emitted> {
-        self.shared.emitted.take()
+    /// Takes what the pipeline did at the high watermark of `mark`.
+    pub(crate) fn take_emitted(&mut self, mark: Mark) -> Option<Emitted> {
+        let at = self.shared.emitted.iter().position(|e| e.mark == mark)?;
+        Some(self.shared.emitted.swap_remove(at))
     }
 }
 
@@ -421,7 +552,7 @@ mod tests {
     use super::*;
     use crate::event::{Column, TypeKind};
 
-    fn chunk(mark: Mark) -> Chunk {
+    fn chunk(mark: Mark, snapshot: &str) -> Chunk {
         Chunk {
             mark,
             table: Arc::new(Table::new(
@@ -434,11 +565,17 @@ mod tests {
             )),
             rows: Rows::from_copy_text(b"1\n", 1).expect("rows"),
             read_time_micros: 0,
+            snapshot: Snapshot::parse(snapshot).expect("snapshot"),
         }
     }
 
     fn content(m: Mark) -> Vec<u8> {
         serde_json::to_vec(&m).expect("json")
+    }
+
+    fn emitted(c: &Coordinator, m: Mark) -> Option<Emitted> {
+        let mut g = c.lock();
+        SharedView { shared: &mut g }.take_emitted(m)
     }
 
     #[test]
@@ -451,33 +588,74 @@ mod tests {
         let r1: Vec<Option<&[u8]>> = rows.row(1).collect();
         assert_eq!(r1, [Some(&b"2"[..]), Some(&b"c\\dAA"[..]), Some(&b"x"[..])]);
         assert!(Rows::from_copy_text(b"1\t2\n", 3).is_err());
+        // Messages that split rows (and escapes) anywhere give the same rows.
+        let text = b"1\ta\\tb\t\\N\n2\tc\\\\d\\x41\\101\tx\n";
+        for cut in 0..text.len() {
+            let (mut parts, mut carry) = (Rows::new(3), Vec::new());
+            parts
+                .push_copy_part(&text[..cut], &mut carry)
+                .expect("first");
+            parts
+                .push_copy_part(&text[cut..], &mut carry)
+                .expect("second");
+            parts.push_copy_text(&carry).expect("rest");
+            assert_eq!(parts.len(), 2, "cut at {cut}");
+            assert_eq!(parts.row(1).collect::<Vec<_>>(), r1, "cut at {cut}");
+        }
         assert!(Rows::from_copy_text(b"", 3).expect("empty").is_empty());
     }
 
     #[test]
-    fn a_chunk_goes_out_only_at_the_high_watermark_of_a_window_seen_whole() {
-        let c = Coordinator::new();
-        let m = Mark {
-            run: c.run(),
-            id: 7,
-            chunk: 1,
-        };
-        c.expect("public.t");
-        c.changed("public.t", "[\"9\"]"); // before the window: not recorded
-        assert!(c.watermark(LOW, &content(m)).is_none());
-        c.changed("public.t", "[\"1\"]");
-        c.changed("public.other", "[\"2\"]");
-        c.hand_over(chunk(m));
-        let out = c.watermark(HIGH, &content(m)).expect("the chunk");
-        assert_eq!(out.mark, m);
-        assert!(c.changed_in_window("[\"1\"]"));
-        assert!(!c.changed_in_window("[\"2\"]") && !c.changed_in_window("[\"9\"]"));
-        c.emitted(m, 100, 0);
-        assert!(!c.changed_in_window("[\"1\"]"), "the window closed");
+    fn snapshots_see_what_postgres_sees() {
+        let s = Snapshot::parse("100:105:100,102").expect("snapshot");
+        assert!(s.sees(99), "finished before xmin");
+        assert!(!s.sees(100) && !s.sees(102), "running");
+        assert!(s.sees(101) && s.sees(104), "finished between");
+        assert!(!s.sees(105) && !s.sees(200), "started after");
+        // xid8 values carry the epoch in the high bits; the stream has the low 32.
+        let epoch = 1u64 << 32;
+        let s = Snapshot::parse(&format!("{}:{}:", epoch + 7, epoch + 9)).expect("snapshot");
+        assert!(s.sees(6) && s.sees(8) && !s.sees(9));
+        // Around wraparound, order is modulo 2^32.
+        let s = Snapshot::parse(&format!("{}:{}:", u32::MAX - 1, epoch + 3)).expect("snapshot");
+        assert!(s.sees(u32::MAX) && s.sees(2) && !s.sees(3) && s.sees(u32::MAX - 5));
+        assert!(Snapshot::parse("x:1:").is_err() && Snapshot::parse("1").is_err());
     }
 
     #[test]
-    fn watermarks_of_another_run_or_a_window_not_seen_are_ignored() {
+    fn a_chunk_leaves_rows_to_changes_its_read_did_not_see() {
+        let c = Coordinator::new();
+        let m = |chunk| Mark {
+            run: c.run(),
+            id: 7,
+            chunk,
+        };
+        c.expect("public.t");
+        c.changed("public.t", 90, "[\"9\"]"); // before the low watermark: not watched
+        assert!(c.watermark(LOW, &content(m(0))).is_none());
+        c.changed("public.t", 100, "[\"1\"]"); // seen by the read below
+        c.changed("public.t", 105, "[\"2\"]"); // started after it
+        c.changed("public.t", 102, "[\"3\"]"); // running when it began
+        c.changed("public.other", 106, "[\"4\"]");
+        c.hand_over(chunk(m(1), "101:105:102"));
+        c.hand_over(chunk(m(2), "106:107:"));
+        let due = c.watermark(HIGH, &content(m(1))).expect("the chunk");
+        assert_eq!(due.chunk.mark, m(1));
+        let mut changed: Vec<_> = due.changed.into_iter().collect();
+        changed.sort();
+        assert_eq!(changed, ["[\"2\"]", "[\"3\"]"]);
+        // The second read saw all of them: nothing of before is left to it.
+        c.changed("public.t", 107, "[\"5\"]");
+        let due = c.watermark(HIGH, &content(m(2))).expect("the second chunk");
+        assert_eq!(due.changed.into_iter().collect::<Vec<_>>(), ["[\"5\"]"]);
+        assert_eq!(c.lock().log.len(), 1, "only what a later read may not see");
+        // A low watermark seen again (the stream restarted) keeps the log.
+        assert!(c.watermark(LOW, &content(m(0))).is_none());
+        assert_eq!(c.lock().log.len(), 1);
+    }
+
+    #[test]
+    fn watermarks_of_another_run_or_a_chunk_not_held_are_not_sent() {
         let c = Coordinator::new();
         let m = Mark {
             run: c.run(),
@@ -490,16 +668,14 @@ mod tests {
         };
         c.expect("public.t");
         assert!(c.watermark(LOW, &content(old)).is_none());
-        c.hand_over(chunk(m));
-        // HIGH without its LOW (a reconnect skipped it): no chunk, read it again.
+        c.hand_over(chunk(m, "1:1:"));
+        // HIGH without its LOW (the watch began in an earlier run): read it again.
         assert!(c.watermark(HIGH, &content(m)).is_none());
-        let mut view_emitted = None;
-        {
-            let mut g = c.lock();
-            let mut v = SharedView { shared: &mut g };
-            view_emitted = view_emitted.or(v.take_emitted());
-        }
-        assert_eq!(view_emitted.map(|e| e.sent), Some(None));
+        assert_eq!(emitted(&c, m).map(|e| e.sent), Some(None));
+        assert!(emitted(&c, m).is_none(), "taken once");
         assert!(c.watermark(HIGH, b"not json").is_none());
+        // A new watch forgets the chunks of the last.
+        c.expect("public.t");
+        assert!(c.lock().pending.is_empty());
     }
 }

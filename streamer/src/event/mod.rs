@@ -36,6 +36,33 @@ pub struct Table {
     pub qualified: String,
     /// `"metadata":{"table_schema":…,"table_name":…,"commit_timestamp":`, rendered once.
     metadata_head: String,
+    /// About the size of this table's last event body (its buffer's first capacity).
+    payload_hint: SizeHint,
+}
+
+/// A size that grows and shrinks with what is measured, shared without locks.
+#[derive(Debug, Default)]
+struct SizeHint(std::sync::atomic::AtomicUsize);
+
+impl Clone for SizeHint {
+    fn clone(&self) -> Self {
+        SizeHint(self.get().into())
+    }
+}
+
+impl SizeHint {
+    fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes a size: kept when over the hint or under half of it (few writes).
+    fn note(&self, len: usize) {
+        let hint = self.get();
+        if len > hint || len < hint / 2 {
+            self.0
+                .store(len + len / 8, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// A column of a [`Table`].
@@ -95,6 +122,7 @@ impl Table {
             primary_key,
             group_key,
             metadata_head,
+            payload_hint: SizeHint::default(),
         }
     }
 }
@@ -312,7 +340,7 @@ impl EventBuilder {
             }
         };
 
-        let mut out = String::with_capacity(512);
+        let mut out = String::with_capacity(table.payload_hint.get().clamp(256, 64 * 1024));
         out.push_str("{\"record\":{");
         for (i, col) in table.columns.iter().enumerate() {
             if i > 0 {
@@ -374,6 +402,7 @@ impl EventBuilder {
         out.push_str(at.annotations.unwrap_or("null"));
         out.push_str(&self.suffix);
         escape_refused(&mut out);
+        table.payload_hint.note(out.len());
 
         Ok(Event {
             seq: 0,
@@ -521,7 +550,7 @@ fn write_key(
 /// JSON strings, where `\ufffe` and `\uffff` decode to the same characters.
 pub fn escape_refused(json: &mut String) {
     // Both are EF BF BE / EF BF BF in UTF-8; most events have no 0xEF byte at all.
-    if !json.as_bytes().contains(&0xEF) || !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+    if memchr::memchr(0xEF, json.as_bytes()).is_none() || !json.contains(['\u{FFFE}', '\u{FFFF}']) {
         return;
     }
     *json = json

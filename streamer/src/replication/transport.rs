@@ -24,6 +24,8 @@ pub enum WalMessage {
     Begin {
         /// Commit LSN.
         final_lsn: u64,
+        /// The transaction's id (the low 32 bits, as Postgres's `xid`).
+        xid: u32,
         /// Commit time, Postgres epoch microseconds.
         commit_time: i64,
     },
@@ -196,10 +198,11 @@ impl WalStream for PgwireStream {
             return Ok(match ev {
                 ReplicationEvent::Begin {
                     final_lsn,
+                    xid,
                     commit_time_micros,
-                    ..
                 } => WalMessage::Begin {
                     final_lsn: final_lsn.as_u64(),
+                    xid,
                     commit_time: commit_time_micros,
                 },
                 ReplicationEvent::Commit { end_lsn, .. } => WalMessage::Commit {

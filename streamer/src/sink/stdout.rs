@@ -131,9 +131,13 @@ fn write_chunks(
         }
         let metrics = tracker.metrics();
         let now = crate::ops::now_micros();
-        for (_, table, at) in &chunk.events {
-            metrics.delivered_by(&table.qualified, *at, now);
-        }
+        metrics.delivered_all(
+            chunk
+                .events
+                .iter()
+                .map(|(_, table, at)| (table.qualified.as_str(), *at)),
+            now,
+        );
         tracker.accept_all(chunk.events.into_iter().map(|(seq, _, _)| seq));
     }
 }
