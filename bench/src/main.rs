@@ -5,7 +5,8 @@
 //! `send` pushes N messages of S bytes with `SendMessageBatch` (10 per call, C calls in
 //! flight) shaped like the streamer's (the `action`, `table_schema` and `table_name`
 //! String attributes; on FIFO one message group and dedup id per message) and prints one
-//! JSON line of figures; `delete` removes a queue (the emulator keeps messages in memory).
+//! JSON line of figures; `delete` removes a queue (the emulator keeps messages in memory);
+//! `create-topic` makes an SNS topic and prints its ARN.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +29,11 @@ enum Command {
     /// Create a queue and print its URL.
     Create {
         /// Queue name (`.fifo` for FIFO).
+        name: String,
+    },
+    /// Create an SNS topic (FIFO when the name ends in `.fifo`) and print its ARN.
+    CreateTopic {
+        /// Topic name.
         name: String,
     },
     /// Delete a queue.
@@ -75,6 +81,15 @@ async fn main() -> anyhow::Result<()> {
             }
             let out = req.send().await.context("CreateQueue")?;
             println!("{}", out.queue_url().unwrap_or_default());
+        }
+        Command::CreateTopic { name } => {
+            let sns = aws_sdk_sns::Client::new(&conf);
+            let mut req = sns.create_topic().name(&name);
+            if name.ends_with(".fifo") {
+                req = req.attributes("FifoTopic", "true");
+            }
+            let out = req.send().await.context("CreateTopic")?;
+            println!("{}", out.topic_arn().unwrap_or_default());
         }
         Command::Delete { queue_url } => {
             sqs.delete_queue()

@@ -1,0 +1,3 @@
+//! Benchmark helpers shared by the binaries: the latency proxy.
+
+pub mod proxy;
