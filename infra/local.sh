@@ -78,7 +78,10 @@ cleanup() {
   rm -rf "$work" "/tmp/ministack-provided-code-$aws_port"
   echo "stopped; removed $work"
 }
-trap cleanup EXIT INT TERM
+# A signal stops everything and ends the script (the watch loop below must not carry on).
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 # ---------------------------------------------------------------- Postgres
 step "starting Postgres on 127.0.0.1:$port (scratch directory $work)…"

@@ -248,6 +248,32 @@ async fn partial_composite_and_refused_backfills() {
         .list(&format!("s_{}", db.name), true)
         .await
         .expect("list");
+    // Estimates from the planner, without statistics too (rough then: from the table's
+    // size); a partial one counts only the rows from the sort value on.
+    db.exec("ANALYZE items").await;
+    let ids = Store::new(&db.client)
+        .request(
+            &format!("s_{}", db.name),
+            &[("public".into(), "items".into())],
+            Some(&("updated_at".into(), "2026-10-01".into())),
+        )
+        .await
+        .expect("request");
+    let again = Store::new(&db.client).get(&ids).await.expect("get");
+    let partial = again[0].rows_estimate;
+    assert!(
+        partial.is_some_and(|n| (14..=56).contains(&n)),
+        "{partial:?}"
+    );
+    assert!(
+        bf[1].rows_estimate.is_some_and(|n| n > 0),
+        "{:?}",
+        bf[1].rows_estimate
+    );
+    Store::new(&db.client)
+        .cancel(&format!("s_{}", db.name), &ids)
+        .await
+        .expect("cancel");
     let pair_id = bf[1].id.to_string();
     for e in &pairs {
         let (a, b) = (

@@ -89,7 +89,16 @@ pub async fn run(config: &Config, command: Command) -> Result<(), ReplicationErr
             if detach {
                 return Ok(());
             }
-            follow(&catalog, &ids).await
+            tokio::select! {
+                r = follow(&catalog, &ids) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!(
+                        "stopped following; the backfill goes on in the streamer \
+                         (`streamer backfill --status`, or `--cancel` to stop it)"
+                    );
+                    Ok(())
+                }
+            }
         }
     }
 }
@@ -132,13 +141,17 @@ async fn validate(
             .ok_or_else(|| definite(format!("`{t}` is not `schema.table` or `table`")))?;
         let described = super::driver::describe(catalog, config, &schema, &name).await?;
         let key = (schema.clone(), name.clone());
+        if out.contains(&key) {
+            continue;
+        }
         let is_published = published.all_tables
             || published.members.contains(&key)
             || published.tables.contains(&key);
         if !is_published {
             return Err(definite(format!(
                 "{schema}.{name} is not in publication {publication}, so its changes are not streamed: \
-                 add it to source.tables (the streamer adds it at its next start), then backfill it"
+                 add it to source.tables (the streamer adds it at its next start) or run \
+                 ALTER PUBLICATION {publication} ADD TABLE {schema}.{name}, then backfill it"
             )));
         }
         if let Some((column, value)) = &where_from {
@@ -215,6 +228,7 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let mut shown: Vec<indicatif::ProgressBar> = Vec::new();
     let mut last_line = std::time::Instant::now() - Duration::from_secs(60);
+    let mut last_text = String::new();
     loop {
         let all = store.get(ids).await?;
         if terminal {
@@ -233,13 +247,16 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
                     bar.finish();
                 }
             }
-        } else if last_line.elapsed() >= Duration::from_secs(5)
-            || all.iter().all(|b| b.state.is_final())
-        {
-            for bf in &all {
-                eprintln!("{}", line(bf));
+        } else {
+            // Lines when something moved (every 5 s at most), else once a minute.
+            let text: String = all.iter().map(|bf| line(bf) + "\n").collect();
+            let moved = text != last_text && last_line.elapsed() >= Duration::from_secs(5);
+            let done = all.iter().all(|b| b.state.is_final());
+            if moved || done || last_line.elapsed() >= Duration::from_secs(60) {
+                eprint!("{text}");
+                last_line = std::time::Instant::now();
+                last_text = text;
             }
-            last_line = std::time::Instant::now();
         }
         if all.iter().all(|b| b.state.is_final()) {
             let failed: Vec<String> = all

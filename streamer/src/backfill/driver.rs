@@ -200,7 +200,7 @@ async fn send_all(
 ) -> Result<(), ReplicationError> {
     let described = describe(catalog, config, &bf.schema, &bf.table).await?;
     Store::new(catalog.client()).start(bf.id).await?;
-    tracing::info!(backfill = bf.id, table = %bf.qualified(), from = ?bf.last_key, "backfill running");
+    tracing::info!(backfill = bf.id, table = %bf.qualified(), resume_after_key = ?bf.last_key, "backfill running");
     let metrics = Arc::clone(tracker.metrics());
     let mut size = FIRST_CHUNK;
     let mut numbers = 0u64;

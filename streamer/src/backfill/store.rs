@@ -223,15 +223,13 @@ impl<'a> Store<'a> {
     ) -> Result<Vec<u64>, ReplicationError> {
         let mut ids = Vec::with_capacity(tables.len());
         for (schema, table) in tables {
+            let estimate = self.estimate(schema, table, where_from).await;
             let row = self
                 .client
                 .query_one(
                     &format!(
                         "INSERT INTO {SCHEMA}.backfills (slot, table_schema, table_name, where_column, where_from, rows_estimate) \
-                         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, \
-                           (SELECT greatest(c.reltuples, 0)::bigint FROM pg_class c \
-                              JOIN pg_namespace n ON n.oid = c.relnamespace \
-                             WHERE n.nspname = $2::text AND c.relname = $3::text) \
+                         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint \
                          RETURNING id"
                     ),
                     &[
@@ -240,6 +238,7 @@ impl<'a> Store<'a> {
                         table,
                         &where_from.map(|w| w.0.as_str()),
                         &where_from.map(|w| w.1.as_str()),
+                        &estimate,
                     ],
                 )
                 .await
@@ -247,6 +246,39 @@ impl<'a> Store<'a> {
             ids.push(row.get::<_, i64>(0) as u64);
         }
         Ok(ids)
+    }
+
+    /// The planner's estimate of the rows a backfill will read (the filter of
+    /// `--where-from` included; without statistics, from the table's size).
+    async fn estimate(
+        &self,
+        schema: &str,
+        table: &str,
+        where_from: Option<&(String, String)>,
+    ) -> Option<i64> {
+        let filter = where_from
+            .map(|(column, from)| {
+                format!(
+                    " WHERE {} >= '{}'",
+                    quote_ident(column),
+                    from.replace('\'', "''")
+                )
+            })
+            .unwrap_or_default();
+        let sql = format!(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}.{}{filter}",
+            quote_ident(schema),
+            quote_ident(table)
+        );
+        let rows = self.client.simple_query(&sql).await.ok()?;
+        let plan = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })?;
+        let plan: serde_json::Value = serde_json::from_str(&plan).ok()?;
+        plan[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .map(|n| n.max(0.0) as i64)
     }
 
     /// Backfills of `slot` not yet final, oldest first; with `all`, every one of `slot`.
