@@ -167,6 +167,12 @@ pub struct SinkConfig {
     /// On shutdown, how long to wait for the sink to deliver what it holds (seconds).
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: u64,
+    /// jq expression: an event is sent when it yields `true`.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// jq expression whose output is the message body.
+    #[serde(default)]
+    pub transform: Option<String>,
 }
 
 fn default_drain_timeout() -> u64 {
@@ -189,6 +195,8 @@ impl Default for SinkConfig {
             dead_letter_queue_url: None,
             group_columns: BTreeMap::new(),
             drain_timeout_secs: default_drain_timeout(),
+            filter: None,
+            transform: None,
         }
     }
 }
@@ -322,6 +330,8 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
         "drain_timeout_secs",
         Kind::Number,
     ),
+    ("WALCAST_SINK_FILTER", "sink", "filter", Kind::Text),
+    ("WALCAST_SINK_TRANSFORM", "sink", "transform", Kind::Text),
     (
         "WALCAST_BACKFILL_INITIAL",
         "backfill",
@@ -437,6 +447,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        crate::jq::Shape::compile(self.sink.filter.as_deref(), self.sink.transform.as_deref())
+            .map_err(ConfigError::Parse)?;
         let url = parse_source_url(self.source.url.expose())?.config;
         if url.get_user().is_none() {
             return Err(field("source.url", "no user name"));

@@ -28,6 +28,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod jq;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;

@@ -39,6 +39,13 @@ enum Command {
     },
     /// Diagnose the database (and sink) and exit non-zero on a failure.
     Check,
+    /// Show what the sink would send for the change events on stdin (JSON, one after
+    /// another, e.g. the shipped fixtures), through its filter and transform.
+    Transform {
+        /// The sink's name (sink.name), when given.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+    },
     /// Send the rows tables already hold as `read` events, through the running streamer
     /// (the one reading source.slot), while streaming goes on. Follows progress until done.
     Backfill {
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { until_lsn } => run(config, until_lsn.as_deref(), started).await,
             Command::Check => check(config).await,
+            Command::Transform { sink } => transform(&config, sink.as_deref()),
             Command::Backfill {
                 tables,
                 where_from,
@@ -157,6 +165,46 @@ fn init_tracing(config: &Config) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// `streamer transform`: each event on stdin through the sink's filter and transform;
+/// bodies on stdout, what was not sent (and why) on stderr; exit 1 when one failed.
+fn transform(config: &Config, sink: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(name) = sink.filter(|n| *n != config.sink.name) {
+        anyhow::bail!(
+            "no sink named `{name}` in this configuration (its sink is `{}`)",
+            config.sink.name
+        );
+    }
+    let shape = walcast_streamer::jq::Shape::compile(
+        config.sink.filter.as_deref(),
+        config.sink.transform.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .map_err(|e| anyhow::anyhow!("reading stdin: {e}"))?;
+    let mut failed = false;
+    let values = serde_json::Deserializer::from_str(&input).into_iter::<serde_json::Value>();
+    for (n, value) in values.enumerate() {
+        let n = n + 1;
+        let value = value.map_err(|e| anyhow::anyhow!("event {n} on stdin is not JSON: {e}"))?;
+        match shape.apply(&value.to_string()) {
+            Ok(walcast_streamer::jq::Shaped::Send(body)) => println!("{body}"),
+            Ok(walcast_streamer::jq::Shaped::Skip) => eprintln!(
+                "event {n}: not sent (the filter did not yield true, or the transform yielded nothing)"
+            ),
+            Err(e) => {
+                failed = true;
+                eprintln!("event {n}: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,7 @@ struct TableCounters {
     delivered: u64,
     failed: u64,
     dead_lettered: u64,
+    filtered: u64,
 }
 
 fn action_index(a: Action) -> usize {
@@ -215,6 +216,12 @@ impl Metrics {
     }
 
     /// An event went to the dead-letter destination.
+    /// The sink's filter (or an empty transform) left an event out.
+    pub fn filtered(&self, e: &Event) {
+        self.table(&e.table.qualified, |c| c.filtered += 1);
+    }
+
+    /// An event went to the dead-letter destination.
     pub fn dead_lettered(&self, e: &Event) {
         self.table(&e.table.qualified, |c| c.dead_lettered += 1);
         if let Ok(mut t) = self.last_accept.lock() {
@@ -314,6 +321,11 @@ impl Metrics {
                 "walcast_events_dead_lettered_total",
                 "Events sent to the dead-letter destination.",
                 |c: &TableCounters| c.dead_lettered,
+            ),
+            (
+                "walcast_events_filtered_total",
+                "Events the sink's filter (or an empty transform) left out.",
+                |c: &TableCounters| c.filtered,
             ),
         ] {
             counter(&mut out, name, help);

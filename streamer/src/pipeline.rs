@@ -107,6 +107,8 @@ pub struct Pipeline<S: Sink, C: Connector> {
     builder: EventBuilder,
     /// Backfills: watermarks seen in the stream, and chunks to send at them.
     backfills: Option<Coordinator>,
+    /// The sink's `filter` and `transform`.
+    shape: crate::jq::Shape,
     /// How long a shutdown waits for the sink to deliver what it holds.
     pub drain_timeout: Duration,
 }
@@ -144,7 +146,14 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     /// A pipeline. `tracker` is the one the sink reports to, started at the slot's confirmed LSN.
     pub fn new(config: Arc<Config>, connector: C, sink: S, tracker: Tracker) -> Self {
         let builder = EventBuilder::new(&consumer_meta(&config), &database_meta(&config));
+        // Checked when the configuration was loaded.
+        let shape = crate::jq::Shape::compile(
+            config.sink.filter.as_deref(),
+            config.sink.transform.as_deref(),
+        )
+        .unwrap_or_default();
         Pipeline {
+            shape,
             config,
             connector,
             sink,
@@ -522,7 +531,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         }
         let mut sent = 0u64;
         for mut event in built {
-            if due.changed.contains(&event.pks) {
+            if due.changed.contains(&event.pks) || !self.shaped(&mut event)? {
                 continue;
             }
             event.seq = self.tracker.register();
@@ -573,10 +582,42 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 coordinator.changed(&table.qualified, xid, &old);
             }
         }
+        if !self.shaped(&mut event)? {
+            return Ok(());
+        }
         event.seq = self.tracker.register();
         self.tracker.metrics().received(&event);
         self.sink.send(event).await?;
         Ok(())
+    }
+
+    /// Applies the sink's filter and transform: whether to send the event (its body
+    /// replaced by the transform's output). Attributes, FIFO group and dedup id stay
+    /// those of the event. A runtime error stops the pipeline, naming the setting and
+    /// the event's position, never its values.
+    fn shaped(&self, event: &mut event::Event) -> Result<bool, PipelineError> {
+        if self.shape.is_empty() {
+            return Ok(true);
+        }
+        match self.shape.apply(&event.payload) {
+            Ok(crate::jq::Shaped::Send(body)) => {
+                event.payload = body;
+                Ok(true)
+            }
+            Ok(crate::jq::Shaped::Skip) => {
+                self.tracker.metrics().filtered(event);
+                Ok(false)
+            }
+            Err(e) => {
+                let setting = e.split(':').next().unwrap_or("sink.transform");
+                Err(ReplicationError::Definite(format!(
+                    "{setting} failed on an event of {} (commit_lsn {}, commit_idx {}): fix the \
+                     expression; `streamer transform --config FILE < event.json` shows the jq error",
+                    event.table.qualified, event.commit_lsn, event.commit_idx
+                ))
+                .into())
+            }
+        }
     }
 }
 

@@ -1,0 +1,225 @@
+//! jq programs over events (a sink's `filter` and `transform`), compiled once, in
+//! process, with the jaq crates: no external `jq`, no interpreter start per event.
+//!
+//! Numbers keep their digits (jaq keeps a number's text until arithmetic needs it), so
+//! a `numeric(30,10)` column survives a transform that does not compute with it.
+//! `halt` and `input` do not reach the process: a program that halts is a runtime
+//! error of that event, and there are no further inputs.
+
+use jaq_core::load::{self, Arena, File, Loader};
+use jaq_core::{data, Compiler, Ctx, Vars};
+use jaq_json::Val;
+
+type Data = data::JustLut<Val>;
+
+/// A compiled jq program.
+pub struct Program {
+    filter: jaq_core::compile::Filter<jaq_core::Native<Data>>,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Program")
+    }
+}
+
+/// Line and column (from 1) of byte `offset` in `code`.
+fn position(code: &str, offset: usize) -> String {
+    let before = &code[..offset.min(code.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}")
+}
+
+impl Program {
+    /// Compiles `code`; the error names what was expected or undefined, and where.
+    pub fn compile(code: &str) -> Result<Program, String> {
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs::<Data>()
+            .chain(jaq_std::funs::<Data>())
+            .chain(jaq_json::funs::<Data>());
+        let arena = Arena::default();
+        let at = |part: &str| position(code, load::span(code, part).start);
+        let modules =
+            Loader::new(defs)
+                .load(&arena, File { code, path: () })
+                .map_err(|errors| {
+                    let mut out = Vec::new();
+                    for (_, e) in errors {
+                        match e {
+                            load::Error::Io(v) => out.extend(v.into_iter().map(|(_, m)| m)),
+                            load::Error::Lex(v) => out.extend(v.into_iter().map(|(e, part)| {
+                                format!("expected {} at {}", e.as_str(), at(part))
+                            })),
+                            load::Error::Parse(v) => out.extend(v.into_iter().map(|(e, part)| {
+                                format!("expected {} at {}", e.as_str(), at(part))
+                            })),
+                        }
+                    }
+                    out.join("; ")
+                })?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .flat_map(|(_, v)| v)
+                    .map(|(name, u)| format!("undefined {} `{name}` at {}", u.as_str(), at(name)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+        Ok(Program { filter })
+    }
+
+    /// Runs the program on the JSON text `input`: its outputs as JSON text.
+    pub fn run(&self, input: &str) -> Result<Vec<String>, String> {
+        let value = jaq_json::read::parse_single(input.as_bytes())
+            .map_err(|e| format!("the input is not JSON: {e}"))?;
+        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
+        let mut out = Vec::new();
+        for result in self.filter.id.run((ctx, value)) {
+            match result {
+                Ok(v) => out.push(v.to_string()),
+                Err(e) => {
+                    return Err(match e.get_err() {
+                        Ok(e) => e.to_string(),
+                        Err(_) => "the program halted".into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a sink's programs make of one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shaped {
+    /// Send this body.
+    Send(String),
+    /// The filter did not yield `true`, or the transform yielded nothing.
+    Skip,
+}
+
+/// A sink's `filter` and `transform`.
+#[derive(Debug, Default)]
+pub struct Shape {
+    /// Sent when it yields `true`.
+    pub filter: Option<Program>,
+    /// Its output is the message body.
+    pub transform: Option<Program>,
+}
+
+impl Shape {
+    /// Compiles the sink's expressions; errors name the setting.
+    pub fn compile(filter: Option<&str>, transform: Option<&str>) -> Result<Shape, String> {
+        let compile = |field: &str, code: Option<&str>| {
+            code.map(|c| Program::compile(c).map_err(|e| format!("{field}: jq: {e}")))
+                .transpose()
+        };
+        Ok(Shape {
+            filter: compile("sink.filter", filter)?,
+            transform: compile("sink.transform", transform)?,
+        })
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.filter.is_none() && self.transform.is_none()
+    }
+
+    /// The body to send for the event `payload`, or why not; errors name the setting.
+    pub fn apply(&self, payload: &str) -> Result<Shaped, String> {
+        if let Some(filter) = &self.filter {
+            let out = filter
+                .run(payload)
+                .map_err(|e| format!("sink.filter: {e}"))?;
+            if out.first().map(String::as_str) != Some("true") {
+                return Ok(Shaped::Skip);
+            }
+        }
+        let Some(transform) = &self.transform else {
+            return Ok(Shaped::Send(payload.to_owned()));
+        };
+        let mut out = transform
+            .run(payload)
+            .map_err(|e| format!("sink.transform: {e}"))?;
+        match out.len() {
+            0 => Ok(Shaped::Skip),
+            1 => Ok(Shaped::Send(out.remove(0))),
+            n => Err(format!(
+                "sink.transform: yielded {n} values for one event; make it yield one (e.g. wrap it in [ … ])"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"record":{"id":7,"email":"a@example.com","password_hash":"x","total":12345678901234567890.123456789012345},"changes":null,"action":"insert","metadata":{"table_schema":"public","table_name":"users"}}"#;
+
+    #[test]
+    fn a_transform_reshapes_and_keeps_numbers_whole() {
+        let shape = Shape::compile(
+            Some(r#".action == "insert""#),
+            Some(r#"{user: .record.id, total: .record.total, table: "\(.metadata.table_schema).\(.metadata.table_name)"} "#),
+        )
+        .expect("compiles");
+        assert_eq!(
+            shape.apply(EVENT).expect("runs"),
+            Shaped::Send(
+                r#"{"user":7,"total":12345678901234567890.123456789012345,"table":"public.users"}"#
+                    .into()
+            )
+        );
+        let drop = Shape::compile(None, Some(".record |= del(.password_hash)")).expect("compiles");
+        let Shaped::Send(body) = drop.apply(EVENT).expect("runs") else {
+            panic!("sent")
+        };
+        assert!(!body.contains("password_hash") && body.contains("a@example.com"));
+    }
+
+    #[test]
+    fn the_filter_sends_only_on_true_and_empty_output_skips() {
+        let only_updates = Shape::compile(Some(r#".action == "update""#), None).expect("compiles");
+        assert_eq!(only_updates.apply(EVENT), Ok(Shaped::Skip));
+        let truthy = Shape::compile(Some(".record.id"), None).expect("compiles");
+        assert_eq!(truthy.apply(EVENT), Ok(Shaped::Skip), "7 is not true");
+        let empty = Shape::compile(None, Some("empty")).expect("compiles");
+        assert_eq!(empty.apply(EVENT), Ok(Shaped::Skip));
+        assert_eq!(
+            Shape::default().apply(EVENT),
+            Ok(Shaped::Send(EVENT.into()))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_place() {
+        let e = Shape::compile(Some(".record |"), None).expect_err("refused");
+        assert_eq!(e, "sink.filter: jq: expected term at line 1, column 10");
+        let e = Shape::compile(None, Some("{a: .x}\n| nope(1)")).expect_err("refused");
+        assert_eq!(
+            e,
+            "sink.transform: jq: undefined filter `nope` at line 2, column 3"
+        );
+        let runtime = Shape::compile(None, Some(".record.email + 1")).expect("compiles");
+        let e = runtime.apply(EVENT).expect_err("fails");
+        assert!(e.starts_with("sink.transform: cannot calculate"), "{e}");
+        let many = Shape::compile(None, Some(".record.id, .action")).expect("compiles");
+        assert!(many
+            .apply(EVENT)
+            .expect_err("two")
+            .contains("yielded 2 values"));
+        // `halt` ends the event's program, never the process.
+        let halts = Shape::compile(Some("halt"), None).expect("compiles");
+        assert_eq!(
+            halts.apply(EVENT),
+            Err("sink.filter: the program halted".into())
+        );
+    }
+}
