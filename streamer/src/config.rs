@@ -615,7 +615,10 @@ pub struct Tls {
 pub enum SslMode {
     /// No TLS.
     Disable,
-    /// TLS if the server offers it, not verified (libpq's default).
+    /// Without TLS first; with TLS (not verified) when the server refuses that.
+    Allow,
+    /// With TLS (not verified) first; without when the server does not offer TLS or
+    /// refuses the encrypted connection (libpq's default).
     #[default]
     Prefer,
     /// TLS, not verified.
@@ -657,7 +660,8 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "sslmode" => {
                 tls.mode = match value {
                     "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
+                    "allow" => SslMode::Allow,
+                    "prefer" => SslMode::Prefer,
                     "require" => SslMode::Require,
                     "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
@@ -665,7 +669,7 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
                         return Err(field(
                             "source.url",
                             format!(
-                                "sslmode={other}: use disable, prefer, require, verify-ca or verify-full"
+                                "sslmode={other}: use disable, allow, prefer, require, verify-ca or verify-full"
                             ),
                         ))
                     }
@@ -717,9 +721,10 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "not a Postgres connection string (postgres://user:password@host:port/dbname)",
         )
     })?;
+    // Each connection attempt sets its own (libpq's allow and prefer make two attempts:
+    // see `replication::tls`); this is the first attempt's.
     config.ssl_mode(match tls.mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Disable | SslMode::Allow => tokio_postgres::config::SslMode::Disable,
         _ => tokio_postgres::config::SslMode::Require,
     });
     if tls.root_cert.is_some() && !matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) {
@@ -885,6 +890,8 @@ mod tests {
         assert_eq!(pg.tls.mode, SslMode::Require);
         let plain = parse_source_url("postgres://u@h/d").expect("valid");
         assert_eq!(plain.tls.mode, SslMode::Prefer);
+        let allow = parse_source_url("postgres://u@h/d?sslmode=allow").expect("valid");
+        assert_eq!(allow.tls.mode, SslMode::Allow);
         let err = parse_source_url("postgres://u@h/d?sslmode=maybe").expect_err("bad mode");
         assert!(err.to_string().contains("sslmode=maybe"));
     }

@@ -22,6 +22,7 @@ mod backfill_tests;
 mod binary;
 mod faults;
 mod streaming;
+mod tls;
 mod types;
 mod versions;
 

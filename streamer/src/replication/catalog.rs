@@ -6,9 +6,11 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
-use super::{from_sql, tls, ReplicationError};
+use super::tls::{self, Refusal, Wire};
+use super::{from_sql, sql_refusal, ReplicationError};
 use crate::config::Postgres;
 use crate::event::{Column, Table, TypeKind};
 use crate::replication::pgoutput::RelationColumn;
@@ -152,29 +154,13 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 impl Catalog {
-    /// Connects (the connection task runs until the `Catalog` is dropped).
+    /// Connects (the connection task runs until the `Catalog` is dropped), with
+    /// TLS as `sslmode` says (libpq's attempts: see `tls`).
     pub async fn connect(pg: &Postgres, slot: &str) -> Result<Catalog, ReplicationError> {
-        let mut config = pg.config.clone();
-        config.application_name("walcast-catalog");
         let context = &format!("connecting to Postgres at {}", pg.endpoint());
-        let client = match tls::client_config(&pg.tls)? {
-            None => {
-                let (client, conn) = config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| from_sql(context, &e, slot))?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-            Some(rustls) => {
-                let (client, conn) = config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
-                    .await
-                    .map_err(|e| from_sql(context, &e, slot))?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-        };
+        let client =
+            tls::connect_as_libpq(pg.tls.mode, |wire| connect_once(pg, wire, context, slot))
+                .await?;
         Ok(Catalog {
             client,
             slot: slot.to_owned(),
@@ -995,6 +981,36 @@ fn key_columns(
             Vec::new()
         }
     }
+}
+
+/// One connection attempt over `wire`.
+async fn connect_once(
+    pg: &Postgres,
+    wire: Wire,
+    context: &str,
+    slot: &str,
+) -> Result<Client, (Refusal, ReplicationError)> {
+    let mut config = pg.config.clone();
+    config.application_name("walcast-catalog");
+    let failed = |e: tokio_postgres::Error| (sql_refusal(&e), from_sql(context, &e, slot));
+    let mode = match wire {
+        Wire::Plain => SslMode::Disable,
+        Wire::TlsIfOffered => SslMode::Prefer,
+        Wire::Tls => SslMode::Require,
+    };
+    config.ssl_mode(mode);
+    if wire == Wire::Plain {
+        let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
+        tokio::spawn(watch_connection(conn));
+        return Ok(client);
+    }
+    let rustls = tls::client_config(&pg.tls).map_err(|e| (Refusal::Other, e))?;
+    let (client, conn) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+        .await
+        .map_err(failed)?;
+    tokio::spawn(watch_connection(conn));
+    Ok(client)
 }
 
 async fn watch_connection<F>(conn: F)

@@ -198,16 +198,22 @@ impl PgServer {
     }
 
     fn start() -> PgServer {
-        PgServer::start_with("main", "")
+        PgServer::start_with("main", "", None, DEFAULT_NAMES)
     }
 
     /// A server of its own (for tests that restart it or need other settings,
     /// e.g. `-c wal_level=replica -c ssl=off`), stopped and removed on drop.
     pub fn dedicated(tag: &str, settings: &str) -> PgServer {
-        PgServer::start_with(tag, settings)
+        PgServer::start_with(tag, settings, None, DEFAULT_NAMES)
     }
 
-    fn start_with(tag: &str, settings: &str) -> PgServer {
+    /// A server of its own with this `pg_hba.conf` and a certificate for these
+    /// names (`subjectAltName` syntax, e.g. `DNS:db.example`).
+    pub fn dedicated_tls(tag: &str, hba: &str, names: &str) -> PgServer {
+        PgServer::start_with(tag, "", Some(hba), names)
+    }
+
+    fn start_with(tag: &str, settings: &str, hba: Option<&str>, names: &str) -> PgServer {
         let bin = bin_dir();
         let base = std::env::temp_dir().join(format!("walcast-pg-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
@@ -242,7 +248,11 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        make_certificates(&base);
+        if let Some(hba) = hba {
+            let path = data.join("pg_hba.conf");
+            std::fs::write(&path, hba).expect("write pg_hba.conf");
+        }
+        make_certificates(&base, names);
         let port = free_port();
         let log = base.join("postgres.log");
         let mut pg = as_pg_user(&bin.join("pg_ctl"));
@@ -318,6 +328,15 @@ impl PgServer {
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
+
+    /// Over the Unix socket (which pg_hba.conf's `local` lines govern).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.join("sock").display(),
+            self.port
+        )
+    }
 }
 
 impl Drop for PgServer {
@@ -333,14 +352,17 @@ impl Drop for PgServer {
     }
 }
 
-/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1, so the
-/// server speaks TLS and tests can connect with `sslmode=verify-full`.
-fn make_certificates(dir: &Path) {
+const DEFAULT_NAMES: &str = "DNS:localhost,IP:127.0.0.1";
+
+/// A throwaway CA and a server certificate for `names` (by default `localhost`
+/// and 127.0.0.1), so the server speaks TLS and tests can connect with
+/// `sslmode=verify-full`.
+fn make_certificates(dir: &Path, names: &str) {
     let sh = format!(
         "set -e; cd {dir}
          openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=walcast-test-ca
          openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
-         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
+         printf 'subjectAltName={names}\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
          openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext
          chmod 600 server.key",
         dir = dir.display()
