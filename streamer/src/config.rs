@@ -109,6 +109,24 @@ pub struct SourceConfig {
     /// Free-form annotations in event metadata.
     #[serde(default)]
     pub annotations: Map<String, Value>,
+    /// How to authenticate: the password in `url`, or an RDS IAM token.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// The database's AWS region, for `auth: iam` (default: from an RDS host name,
+    /// else the default AWS region chain).
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// `source.auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// The password in `source.url` (or none: trust, peer).
+    #[default]
+    Password,
+    /// RDS/Aurora IAM database authentication: a fresh token per connection.
+    Iam,
 }
 
 /// The kinds of sink.
@@ -286,6 +304,8 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ("WALCAST_SOURCE_TABLES", "source", "tables", Kind::List),
     ("WALCAST_SOURCE_NAME", "source", "name", Kind::Text),
     ("WALCAST_SOURCE_ID", "source", "id", Kind::Text),
+    ("WALCAST_SOURCE_AUTH", "source", "auth", Kind::Text),
+    ("WALCAST_SOURCE_REGION", "source", "region", Kind::Text),
     ("WALCAST_SINK_TYPE", "sink", "type", Kind::Text),
     ("WALCAST_SINK_NAME", "sink", "name", Kind::Text),
     ("WALCAST_SINK_ID", "sink", "id", Kind::Text),
@@ -437,9 +457,34 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url = parse_source_url(self.source.url.expose())?.config;
+        let pg = parse_source_url(self.source.url.expose())?;
+        let url = pg.config;
         if url.get_user().is_none() {
             return Err(field("source.url", "no user name"));
+        }
+        if self.source.auth == AuthMethod::Iam {
+            if url.get_password().is_some() {
+                return Err(field(
+                    "source.url",
+                    "holds a password, and source.auth is iam (the password is a fresh token each time): remove it",
+                ));
+            }
+            if matches!(pg.tls.mode, SslMode::Disable | SslMode::Allow) {
+                return Err(field(
+                    "source.url",
+                    "source.auth is iam, which needs TLS: use sslmode=require or verify-full (not disable or allow)",
+                ));
+            }
+            if url
+                .get_hosts()
+                .iter()
+                .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+            {
+                return Err(field(
+                    "source.url",
+                    "source.auth is iam, which needs TLS over TCP: give a host name, not a socket directory",
+                ));
+            }
         }
         if url.get_hosts().is_empty() {
             return Err(field("source.url", "no host"));
@@ -546,12 +591,23 @@ impl Config {
         Ok(())
     }
 
-    /// The parsed connection string (validated by `load`).
+    /// The parsed connection string (validated by `load`), with `source.auth`.
     pub fn postgres(&self) -> Postgres {
-        parse_source_url(self.source.url.expose()).unwrap_or_else(|_| Postgres {
+        let mut pg = parse_source_url(self.source.url.expose()).unwrap_or_else(|_| Postgres {
             config: tokio_postgres::Config::new(),
             tls: Tls::default(),
-        })
+            auth: Auth::Password,
+        });
+        if self.source.auth == AuthMethod::Iam {
+            pg.auth = Auth::Iam {
+                region: self.source.region.clone(),
+            };
+            // A token goes over TLS only: prefer (the default) becomes require.
+            if pg.tls.mode == SslMode::Prefer {
+                pg.tls.mode = SslMode::Require;
+            }
+        }
+        pg
     }
 
     /// Publication tables as (schema, table).
@@ -629,13 +685,28 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// The source connection: tokio-postgres settings plus TLS.
+/// The source connection: tokio-postgres settings plus TLS and authentication.
 #[derive(Debug, Clone)]
 pub struct Postgres {
     /// Host, port, user, password, database (tokio-postgres redacts the password in `Debug`).
     pub config: tokio_postgres::Config,
     /// TLS settings.
     pub tls: Tls,
+    /// Where each connection's password comes from.
+    pub auth: Auth,
+}
+
+/// Where each connection's password comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// `source.url` (or none).
+    #[default]
+    Password,
+    /// A fresh RDS IAM token, signed for this region (else one found as `source.region` says).
+    Iam {
+        /// `source.region`.
+        region: Option<String>,
+    },
 }
 
 impl Postgres {
@@ -733,7 +804,11 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "sslrootcert goes with sslmode=verify-ca or sslmode=verify-full",
         ));
     }
-    Ok(Postgres { config, tls })
+    Ok(Postgres {
+        config,
+        tls,
+        auth: Auth::Password,
+    })
 }
 
 fn check_ident(name: &'static str, v: &str, slot: bool) -> Result<(), ConfigError> {
@@ -894,6 +969,56 @@ mod tests {
         assert_eq!(allow.tls.mode, SslMode::Allow);
         let err = parse_source_url("postgres://u@h/d?sslmode=maybe").expect_err("bad mode");
         assert!(err.to_string().contains("sslmode=maybe"));
+    }
+
+    #[test]
+    fn iam_auth_forces_tls_and_takes_no_password() {
+        let c = Config::load(
+            Some("source: {url: 'postgres://walcast@db.x.eu-west-1.rds.amazonaws.com/app', auth: iam}"),
+            Vec::new(),
+        )
+        .expect("valid");
+        let pg = c.postgres();
+        assert_eq!(pg.auth, Auth::Iam { region: None });
+        assert_eq!(pg.tls.mode, SslMode::Require, "prefer becomes require");
+        let c = Config::load(
+            Some("source: {url: 'postgres://walcast@db/app?sslmode=verify-full'}"),
+            env(&[
+                ("WALCAST_SOURCE_AUTH", "iam"),
+                ("WALCAST_SOURCE_REGION", "eu-central-1"),
+            ]),
+        )
+        .expect("valid");
+        let pg = c.postgres();
+        assert_eq!(
+            pg.auth,
+            Auth::Iam {
+                region: Some("eu-central-1".into())
+            }
+        );
+        assert_eq!(pg.tls.mode, SslMode::VerifyFull);
+        for (url, needle) in [
+            ("postgres://walcast:pw@db/app", "holds a password"),
+            ("postgres://walcast@db/app?sslmode=disable", "needs TLS"),
+            ("postgres://walcast@db/app?sslmode=allow", "needs TLS"),
+        ] {
+            let e = Config::load(
+                Some(&format!("source: {{url: '{url}', auth: iam}}")),
+                Vec::new(),
+            )
+            .expect_err(url);
+            assert!(e.to_string().contains(needle), "{url}: {e}");
+        }
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d', auth: token}"),
+            Vec::new(),
+        )
+        .expect_err("unknown method");
+        assert!(e.to_string().contains("source.auth"), "{e}");
+        // Password authentication leaves the URL's sslmode alone.
+        let c = Config::load(Some("source: {url: 'postgres://u@h/d'}"), Vec::new()).expect("valid");
+        assert_eq!(c.postgres().tls.mode, SslMode::Prefer);
+        assert_eq!(c.postgres().auth, Auth::Password);
     }
 
     #[test]

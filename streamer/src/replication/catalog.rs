@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::tls::{self, Refusal, Wire};
 use super::{from_sql, sql_refusal, ReplicationError};
-use crate::config::Postgres;
+use crate::config::{Auth, Postgres};
 use crate::event::{Column, Table, TypeKind};
 use crate::replication::pgoutput::RelationColumn;
 
@@ -992,6 +992,13 @@ async fn connect_once(
 ) -> Result<Client, (Refusal, ReplicationError)> {
     let mut config = pg.config.clone();
     config.application_name("walcast-catalog");
+    if let Auth::Iam { region } = &pg.auth {
+        let info = super::ConnectInfo::from_config(pg);
+        let token = super::iam::token(region.as_deref(), &info.host, info.port, &info.user)
+            .await
+            .map_err(|e| (Refusal::Other, e))?;
+        config.password(token);
+    }
     let failed = |e: tokio_postgres::Error| (sql_refusal(&e), from_sql(context, &e, slot));
     let mode = match wire {
         Wire::Plain => SslMode::Disable,

@@ -22,6 +22,7 @@
 //!   message that says what to do. The stream ending is always an error.
 
 mod catalog;
+pub mod iam;
 mod pgoutput;
 mod tls;
 mod transport;
@@ -102,6 +103,14 @@ pub(crate) fn classify_code(
         "28000" if message.contains("pg_hba.conf") => ReplicationError::Definite(format!(
             "{text}. Add a pg_hba.conf line for this host, user and database on the server."
         )),
+        // RDS IAM authentication runs through PAM: the token was refused.
+        "28P01" | "28000" if message.contains("PAM authentication failed") => {
+            ReplicationError::Definite(format!(
+                "{text}. The IAM token was refused: GRANT rds_iam TO the user, give the streamer's \
+                 role rds-db:connect on the user's arn:aws:rds-db:REGION:ACCOUNT:dbuser:RESOURCE-ID/USER \
+                 (template.yaml: StreamerDbUserArn), and set source.region to the database's region."
+            ))
+        }
         "28P01" | "28000" => ReplicationError::Definite(format!(
             "{text}. Check the user and password in source.url."
         )),

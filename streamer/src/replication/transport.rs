@@ -16,7 +16,7 @@ use pgwire_replication::{
 
 use super::tls::{connect_as_libpq, Refusal, Wire};
 use super::{classify_server_error, ReplicationError};
-use crate::config::{Postgres, SslMode, Tls};
+use crate::config::{Auth, Postgres, SslMode, Tls};
 
 /// What the stream delivers.
 #[derive(Debug)]
@@ -78,6 +78,8 @@ pub struct ConnectInfo {
     pub database: String,
     /// TLS settings.
     pub tls: Tls,
+    /// Where the password comes from (`Auth::Iam`: a fresh token per connection).
+    pub auth: Auth,
 }
 
 impl std::fmt::Debug for ConnectInfo {
@@ -109,6 +111,7 @@ impl ConnectInfo {
                 .unwrap_or_default(),
             database: c.get_dbname().unwrap_or("postgres").to_owned(),
             tls: pg.tls.clone(),
+            auth: pg.auth.clone(),
         }
     }
 }
@@ -162,10 +165,18 @@ async fn connect_once(
         (Wire::Tls, SslMode::VerifyFull) => TlsConfig::verify_full(root),
         (Wire::Tls, _) => TlsConfig::require(),
     };
+    let password = match &info.auth {
+        Auth::Password => info.password.clone(),
+        Auth::Iam { region } => {
+            super::iam::token(region.as_deref(), &info.host, info.port, &info.user)
+                .await
+                .map_err(|e| (Refusal::Other, e))?
+        }
+    };
     let cfg = ReplicationConfig::new(
         info.host.clone(),
         info.user.clone(),
-        info.password.clone(),
+        password,
         info.database.clone(),
         slot,
         publication,
