@@ -116,6 +116,10 @@ pub struct SourceConfig {
     /// else the default AWS region chain).
     #[serde(default)]
     pub region: Option<String>,
+    /// Create the slot as a failover slot (Postgres 17+), which standbys with
+    /// `sync_replication_slots` keep in step, so it survives a promotion.
+    #[serde(default)]
+    pub failover_slot: bool,
 }
 
 /// `source.auth`.
@@ -306,6 +310,12 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ("WALCAST_SOURCE_ID", "source", "id", Kind::Text),
     ("WALCAST_SOURCE_AUTH", "source", "auth", Kind::Text),
     ("WALCAST_SOURCE_REGION", "source", "region", Kind::Text),
+    (
+        "WALCAST_SOURCE_FAILOVER_SLOT",
+        "source",
+        "failover_slot",
+        Kind::Bool,
+    ),
     ("WALCAST_SINK_TYPE", "sink", "type", Kind::Text),
     ("WALCAST_SINK_NAME", "sink", "name", Kind::Text),
     ("WALCAST_SINK_ID", "sink", "id", Kind::Text),

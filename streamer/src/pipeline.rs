@@ -88,7 +88,9 @@ pub async fn setup(config: &Config) -> Result<SlotState, ReplicationError> {
     for warning in catalog.stream_warnings(publication, &tables).await? {
         tracing::warn!("{warning}");
     }
-    catalog.ensure_slot(&config.source.slot).await
+    catalog
+        .ensure_slot(&config.source.slot, config.source.failover_slot)
+        .await
 }
 
 /// How the shutdown went.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::Config;
+use walcast_streamer::pipeline;
 
 use crate::support::{pg_major, TestDb};
 use crate::{record, Running};
@@ -112,5 +113,91 @@ async fn generated_columns_stream_from_18() {
         assert_eq!(json!(record(&ev[0])), json!({"id": 1, "cm": 180}));
     }
     run.stop().await;
+    db.drop_db().await;
+}
+
+/// `source.failover_slot`: on 17 and later the slot is created with `failover`
+/// (and `check` says which kind a slot is, warning about one made without it);
+/// before 17 it is refused, by `check` and at start, before the slot is created.
+#[tokio::test]
+async fn failover_slot_from_17() {
+    let db = TestDb::new("v_failover").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let cfg = config(&db.config_yaml("  tables: [t]\n  failover_slot: true\n"));
+    let slot = cfg.source.slot.clone();
+    let findings = check::check_source(&cfg).await;
+    if pg_major() < 17 {
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.level == Level::Fail && f.message.contains("source.failover_slot")),
+            "{findings:?}"
+        );
+        let err = pipeline::setup(&cfg)
+            .await
+            .expect_err("no failover slots before 17");
+        assert!(!err.is_transient(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("source.failover_slot") && text.contains("17"),
+            "{text}"
+        );
+        let slot_row = db
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .expect("pg_replication_slots");
+        assert!(slot_row.is_none(), "no slot created");
+        db.drop_db().await;
+        return;
+    }
+    assert!(
+        findings.iter().all(|f| f.level != Level::Fail),
+        "{findings:?}"
+    );
+    let run = Running::start(&db, "  tables: [t]\n  failover_slot: true\n").await;
+    let failover: bool = db
+        .client
+        .query_one(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("the slot")
+        .get(0);
+    assert!(failover, "created as a failover slot");
+    db.exec("INSERT INTO t VALUES (1)").await;
+    assert_eq!(json!(record(&run.events(1).await[0])), json!({"id": 1}));
+    run.stop().await;
+    let findings = check::check_source(&cfg).await;
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.level == Level::Ok && f.message.contains(", a failover slot")),
+        "{findings:?}"
+    );
+    // A slot made without it: used, and `check` says how to recreate it.
+    let plain = format!("{slot}_plain");
+    db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{plain}', 'pgoutput')"
+    ))
+    .await;
+    let cfg = config(&format!(
+        "source:\n  url: {}\n  slot: {plain}\n  publication: p_{}\n  tables: [t]\n  failover_slot: true\n",
+        db.url, db.name
+    ));
+    let findings = check::check_source(&cfg).await;
+    assert!(
+        findings.iter().any(|f| f.level == Level::Warn
+            && f.message.contains("not a failover slot")
+            && f.message.contains("pg_drop_replication_slot")),
+        "{findings:?}"
+    );
+    pipeline::setup(&cfg)
+        .await
+        .expect("an existing slot is used");
     db.drop_db().await;
 }
