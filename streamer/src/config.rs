@@ -120,6 +120,9 @@ pub struct SourceConfig {
     /// `sync_replication_slots` keep in step, so it survives a promotion.
     #[serde(default)]
     pub failover_slot: bool,
+    /// Write a heartbeat through the slot every this many seconds (none: no heartbeats).
+    #[serde(default)]
+    pub heartbeat_secs: Option<u64>,
 }
 
 /// `source.auth`.
@@ -315,6 +318,12 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
         "source",
         "failover_slot",
         Kind::Bool,
+    ),
+    (
+        "WALCAST_SOURCE_HEARTBEAT_SECS",
+        "source",
+        "heartbeat_secs",
+        Kind::Number,
     ),
     ("WALCAST_SINK_TYPE", "sink", "type", Kind::Text),
     ("WALCAST_SINK_NAME", "sink", "name", Kind::Text),
@@ -585,6 +594,12 @@ impl Config {
             return Err(field(
                 "metrics.cloudwatch",
                 "CloudWatch reads metrics from JSON log lines: set log.format: json",
+            ));
+        }
+        if self.source.heartbeat_secs == Some(0) {
+            return Err(field(
+                "source.heartbeat_secs",
+                "must be at least 1 (leave it out for no heartbeats)",
             ));
         }
         if self.metrics.interval_secs == 0 {
@@ -1029,6 +1044,24 @@ mod tests {
         let c = Config::load(Some("source: {url: 'postgres://u@h/d'}"), Vec::new()).expect("valid");
         assert_eq!(c.postgres().tls.mode, SslMode::Prefer);
         assert_eq!(c.postgres().auth, Auth::Password);
+    }
+
+    #[test]
+    fn heartbeat_secs_is_optional_and_positive() {
+        let c = Config::load(Some("source: {url: 'postgres://u@h/d'}"), Vec::new()).expect("valid");
+        assert_eq!(c.source.heartbeat_secs, None);
+        let c = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}"),
+            env(&[("WALCAST_SOURCE_HEARTBEAT_SECS", "30")]),
+        )
+        .expect("valid");
+        assert_eq!(c.source.heartbeat_secs, Some(30));
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d', heartbeat_secs: 0}"),
+            Vec::new(),
+        )
+        .expect_err("zero");
+        assert!(e.to_string().contains("source.heartbeat_secs"), "{e}");
     }
 
     #[test]

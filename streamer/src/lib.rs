@@ -20,6 +20,7 @@
 //!   watermarks in the stream while streaming goes on; progress kept in the database.
 //! - [`backoff`]: the one retry schedule (capped, fully jittered), for deliveries and reconnects.
 //! - [`check`]: `streamer check`, a diagnosis of the database and the sink.
+//! - [`heartbeat`]: optional heartbeats through the slot (`source.heartbeat_secs`).
 //! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod heartbeat;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;
