@@ -7,7 +7,8 @@
 //! - [`replication`]: the slot. Inside, `transport` wraps the replication
 //!   connection ([`replication::connect`]), `pgoutput` decodes the protocol
 //!   ([`replication::decode`]), `catalog` sets up the slot and publication and
-//!   resolves types ([`replication::Catalog`]).
+//!   resolves types ([`replication::Catalog`]); `tls` makes libpq's `sslmode`
+//!   attempts on both connections, [`replication::iam`] signs RDS IAM tokens.
 //! - [`event`]: a row change → the JSON of the change event (exact value mapping).
 //! - [`sink`]: where events go. The contract every sink keeps is on the
 //!   [`sink::Sink`] trait; one delivery core serves SQS and SNS (typed

@@ -69,6 +69,16 @@ impl SourceYaml for Config {
     }
 }
 
+/// An admin connection to `url`, after creating the table the tests stream.
+async fn with_table(url: &str) -> tokio_postgres::Client {
+    let admin = connect(url).await;
+    admin
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("table");
+    admin
+}
+
 async fn replication_error(url: &str) -> ReplicationError {
     let cfg = config(url);
     let info = ConnectInfo::from_config(&cfg.postgres());
@@ -87,11 +97,7 @@ async fn prefer_finds_tls_where_the_server_insists_and_verify_modes_check_the_ce
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
         "DNS:db.walcast.test",
     );
-    let admin = connect(&server.socket_url("postgres")).await;
-    admin
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .expect("table");
+    let admin = with_table(&server.socket_url("postgres")).await;
     let base = server.url("postgres");
 
     // No sslmode: prefer, TLS on both connections.
@@ -180,11 +186,7 @@ async fn prefer_finds_tls_where_the_server_insists_and_verify_modes_check_the_ce
 #[tokio::test]
 async fn prefer_is_plain_where_the_server_has_no_tls_and_require_refuses() {
     let server = PgServer::dedicated("notls", "-c ssl=off");
-    let admin = connect(&server.url("postgres")).await;
-    admin
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .expect("table");
+    let admin = with_table(&server.url("postgres")).await;
     let base = server.url("postgres");
     let seen = stream_one(&admin, &base, 1).await;
     assert_eq!(

@@ -154,15 +154,21 @@ fn stage_for_pg_user(bin: &Path) -> PathBuf {
         pid = std::process::id(),
         dir = staged.display()
     );
+    spawn_watchdog(&cleanup);
+    staged_bin
+}
+
+/// Runs `script` in the background, never waited on: it outlives this process
+/// (to stop a server, remove files) however the process exits.
+fn spawn_watchdog(script: &str) {
     #[allow(clippy::zombie_processes)]
     let _watchdog = Command::new("sh")
-        .args(["-c", &cleanup])
+        .args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("watchdog");
-    staged_bin
 }
 
 fn is_root() -> bool {
@@ -292,15 +298,7 @@ impl PgServer {
             data = data.display(),
             base = base.display(),
         );
-        // Deliberately not waited on: it outlives this process to stop the server.
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh")
-            .args(["-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog");
+        spawn_watchdog(&stop);
         PgServer { port, dir: base }
     }
 
