@@ -4,7 +4,9 @@
 #   - Postgres 15 server binaries (Debian's postgresql-15): the tests start throwaway clusters
 #   - MiniStack (the AWS emulator of infra/local.sh, tests/ and the template checks)
 #   - for the tests only: nodejs/npm and fauxqs (the streamer tests' SQS/SNS emulator),
-#     openssl (TLS test certificates), cargo-lambda and zig (the consumer tests, sam build)
+#     openssl (TLS test certificates), cargo-lambda and zig (the consumer tests, sam build),
+#     Postgres 14, 16, 17 and 18 server binaries from npm (the version matrix,
+#     infra/install-postgres.sh)
 #
 #   infra/setup.sh            everything the tests need (infra/test.sh)
 #   infra/setup.sh --local    only what infra/local.sh uses: Postgres and MiniStack
@@ -48,7 +50,7 @@ if ! command -v openssl >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
-for extra in "$here/install-emulator.sh" "$root/consumer-sqs/scripts/install-cargo-lambda.sh"; do
+for extra in "$here/install-emulator.sh" "$here/install-postgres.sh" "$root/consumer-sqs/scripts/install-cargo-lambda.sh"; do
   if [ -f "$extra" ]; then bash "$extra"; fi
 done
 bash "$here/template/install-ministack.sh" >/dev/null # the AWS emulator of infra/local.sh and tests/

@@ -40,7 +40,7 @@ STREAMER = {
 }
 # The streamer's configuration keys and their variables (streamer config contract).
 CONFIG_KEYS = {
-    "source": {"url", "slot", "publication", "tables", "name"},
+    "source": {"url", "slot", "publication", "tables", "name", "auth"},
     "sink": {
         "type", "name", "queue_url", "topic_arn", "region", "endpoint_url",
         "access_key_id", "secret_access_key", "dead_letter_queue_url",
@@ -655,6 +655,23 @@ class StreamerOnEcsTest(unittest.TestCase):
             self.assertEqual(env["WALCAST_LOG_FORMAT"], "json")
             self.assertFalse({"WALCAST_SINK_ACCESS_KEY_ID", "WALCAST_SINK_SECRET_ACCESS_KEY"} & set(env),
                              "on ECS the task role provides credentials")
+
+    def test_iam_database_authentication_is_opt_in(self):
+        arn = "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKL01234/walcast"
+        plain = self.effective()
+        self.assertEqual(len(plain.props("StreamerTaskRole")["Policies"]), 1)
+        self.assertNotIn("WALCAST_SOURCE_AUTH", {e["Name"] for e in self.container(plain)["Environment"]})
+        eff = self.effective(StreamerDbUserArn=arn)
+        publisher, rds = eff.props("StreamerTaskRole")["Policies"]
+        self.assertEqual(publisher["PolicyName"], "walcast-publisher")
+        (stmt,) = statements(rds["PolicyDocument"])
+        self.assertEqual((stmt["Effect"], stmt["Action"], stmt["Resource"]), ("Allow", "rds-db:connect", arn))
+        env = {e["Name"]: e["Value"] for e in self.container(eff)["Environment"]}
+        self.assertEqual(env["WALCAST_SOURCE_AUTH"], "iam")
+        self.assertLessEqual(set(env), CONFIG_ENV)
+        pattern = re.compile(source_template()["Parameters"]["StreamerDbUserArn"]["AllowedPattern"])
+        self.assertTrue(pattern.match(arn) and pattern.match(""))
+        self.assertFalse(pattern.match("arn:aws:rds:eu-west-1:123456789012:db:app"))
 
     def test_service_runs_one_task_and_never_two(self):
         eff = self.effective()

@@ -112,20 +112,13 @@ async fn check_with(
         ));
     }
     let version = catalog.server_version().await?;
-    push(
-        out,
-        Level::Ok,
-        format!(
-            "Postgres {}.{}: pgoutput protocol 1{}",
-            version / 10000,
-            version % 10000,
-            if version >= 180000 {
-                ", generated columns published"
-            } else {
-                "; generated columns cannot be streamed before Postgres 18"
-            }
-        ),
-    );
+    push(out, Level::Ok, version_report(version));
+    if config.source.failover_slot && version < 170000 {
+        push(out, Level::Fail, format!(
+            "source.failover_slot is set, but Postgres {} has no failover slots (17+): remove it, or upgrade",
+            version / 10000
+        ));
+    }
 
     let publication = &config.source.publication;
     let configured = config.tables();
@@ -182,6 +175,7 @@ async fn check_with(
     };
 
     let slot = &config.source.slot;
+    let slot_failover = catalog.slot_failover(slot).await?;
     let slotrow = db
         .query_opt(
             "SELECT plugin::text, active, confirmed_flush_lsn::text, \
@@ -209,16 +203,28 @@ async fn check_with(
                     out,
                     Level::Ok,
                     format!(
-                        "slot {slot} exists (confirmed {}, {} bytes behind, {})",
+                        "slot {slot} exists (confirmed {}, {} bytes behind, {}{})",
                         lsn.unwrap_or_default(),
                         lag.unwrap_or(0),
                         if active {
                             "in use by a connection"
                         } else {
                             "not in use"
+                        },
+                        match slot_failover {
+                            Some(true) => ", a failover slot",
+                            Some(false) => ", not a failover slot",
+                            None => "",
                         }
                     ),
                 );
+                if config.source.failover_slot && slot_failover == Some(false) {
+                    push(out, Level::Warn, format!(
+                        "slot {slot} is not a failover slot although source.failover_slot is set: a promoted \
+                         standby will not have it; stop the streamer, SELECT pg_drop_replication_slot('{slot}'), \
+                         start it again (it creates the slot with failover) and backfill what changed in between"
+                    ));
+                }
             }
         }
     }
@@ -306,6 +312,34 @@ async fn check_with(
     Ok(())
 }
 
+/// The server's version and what walcast makes of it, as one line.
+pub fn version_report(version: u32) -> String {
+    let major = version / 10000;
+    // pgoutput protocol versions by server: 2 (streaming of large in-progress
+    // transactions) from 14, 3 (two-phase) from 15, 4 (parallel streaming) from 16.
+    let protocol = match major {
+        ..=13 => 1,
+        14 => 2,
+        15 => 3,
+        _ => 4,
+    };
+    let mut parts = vec![format!(
+        "pgoutput protocol 1 (the server speaks 1 to {protocol}; walcast reads whole committed \
+         transactions, for which 1 carries everything)"
+    )];
+    parts.push(if major >= 17 {
+        "failover slots available (source.failover_slot)".into()
+    } else {
+        "no failover slots (17+)".into()
+    });
+    parts.push(if major >= 18 {
+        "generated columns published".into()
+    } else {
+        "generated columns cannot be streamed before Postgres 18".into()
+    });
+    format!("Postgres {major}.{}: {}", version % 10000, parts.join(", "))
+}
+
 /// Checks the sink: the queue or topic and the dead-letter queue exist, the
 /// credentials work, and FIFO-ness matches the names and each other
 /// ([`Destinations::check`], the check `streamer run` makes before set-up).
@@ -328,4 +362,35 @@ pub async fn check_sink(config: &Config) -> Vec<Finding> {
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_report;
+
+    #[test]
+    fn the_version_line_says_what_follows_from_it() {
+        let v14 = version_report(140023);
+        assert!(
+            v14.starts_with("Postgres 14.23: pgoutput protocol 1 (the server speaks 1 to 2"),
+            "{v14}"
+        );
+        assert!(
+            v14.contains("no failover slots (17+)")
+                && v14.contains("cannot be streamed before Postgres 18"),
+            "{v14}"
+        );
+        let v16 = version_report(160014);
+        assert!(v16.contains("speaks 1 to 4"), "{v16}");
+        let v17 = version_report(170010);
+        assert!(
+            v17.contains("failover slots available (source.failover_slot)"),
+            "{v17}"
+        );
+        let v18 = version_report(180004);
+        assert!(
+            v18.starts_with("Postgres 18.4:") && v18.contains("generated columns published"),
+            "{v18}"
+        );
+    }
 }

@@ -109,6 +109,31 @@ pub struct SourceConfig {
     /// Free-form annotations in event metadata.
     #[serde(default)]
     pub annotations: Map<String, Value>,
+    /// How to authenticate: the password in `url`, or an RDS IAM token.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// The database's AWS region, for `auth: iam` (default: from an RDS host name,
+    /// else the default AWS region chain).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Create the slot as a failover slot (Postgres 17+), which standbys with
+    /// `sync_replication_slots` keep in step, so it survives a promotion.
+    #[serde(default)]
+    pub failover_slot: bool,
+    /// Write a heartbeat through the slot every this many seconds (none: no heartbeats).
+    #[serde(default)]
+    pub heartbeat_secs: Option<u64>,
+}
+
+/// `source.auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// The password in `source.url` (or none: trust, peer).
+    #[default]
+    Password,
+    /// RDS/Aurora IAM database authentication: a fresh token per connection.
+    Iam,
 }
 
 /// The kinds of sink.
@@ -294,6 +319,20 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ("WALCAST_SOURCE_TABLES", "source", "tables", Kind::List),
     ("WALCAST_SOURCE_NAME", "source", "name", Kind::Text),
     ("WALCAST_SOURCE_ID", "source", "id", Kind::Text),
+    ("WALCAST_SOURCE_AUTH", "source", "auth", Kind::Text),
+    ("WALCAST_SOURCE_REGION", "source", "region", Kind::Text),
+    (
+        "WALCAST_SOURCE_FAILOVER_SLOT",
+        "source",
+        "failover_slot",
+        Kind::Bool,
+    ),
+    (
+        "WALCAST_SOURCE_HEARTBEAT_SECS",
+        "source",
+        "heartbeat_secs",
+        Kind::Number,
+    ),
     ("WALCAST_SINK_TYPE", "sink", "type", Kind::Text),
     ("WALCAST_SINK_NAME", "sink", "name", Kind::Text),
     ("WALCAST_SINK_ID", "sink", "id", Kind::Text),
@@ -449,9 +488,34 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::jq::Shape::compile(self.sink.filter.as_deref(), self.sink.transform.as_deref())
             .map_err(ConfigError::Parse)?;
-        let url = parse_source_url(self.source.url.expose())?.config;
+        let pg = parse_source_url(self.source.url.expose())?;
+        let url = pg.config;
         if url.get_user().is_none() {
             return Err(field("source.url", "no user name"));
+        }
+        if self.source.auth == AuthMethod::Iam {
+            if url.get_password().is_some() {
+                return Err(field(
+                    "source.url",
+                    "holds a password, and source.auth is iam (the password is a fresh token each time): remove it",
+                ));
+            }
+            if matches!(pg.tls.mode, SslMode::Disable | SslMode::Allow) {
+                return Err(field(
+                    "source.url",
+                    "source.auth is iam, which needs TLS: use sslmode=require or verify-full (not disable or allow)",
+                ));
+            }
+            if url
+                .get_hosts()
+                .iter()
+                .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+            {
+                return Err(field(
+                    "source.url",
+                    "source.auth is iam, which needs TLS over TCP: give a host name, not a socket directory",
+                ));
+            }
         }
         if url.get_hosts().is_empty() {
             return Err(field("source.url", "no host"));
@@ -544,6 +608,12 @@ impl Config {
                 "CloudWatch reads metrics from JSON log lines: set log.format: json",
             ));
         }
+        if self.source.heartbeat_secs == Some(0) {
+            return Err(field(
+                "source.heartbeat_secs",
+                "must be at least 1 (leave it out for no heartbeats)",
+            ));
+        }
         if self.metrics.interval_secs == 0 {
             return Err(field("metrics.interval_secs", "must be at least 1"));
         }
@@ -558,12 +628,23 @@ impl Config {
         Ok(())
     }
 
-    /// The parsed connection string (validated by `load`).
+    /// The parsed connection string (validated by `load`), with `source.auth`.
     pub fn postgres(&self) -> Postgres {
-        parse_source_url(self.source.url.expose()).unwrap_or_else(|_| Postgres {
+        let mut pg = parse_source_url(self.source.url.expose()).unwrap_or_else(|_| Postgres {
             config: tokio_postgres::Config::new(),
             tls: Tls::default(),
-        })
+            auth: Auth::Password,
+        });
+        if self.source.auth == AuthMethod::Iam {
+            pg.auth = Auth::Iam {
+                region: self.source.region.clone(),
+            };
+            // A token goes over TLS only: prefer (the default) becomes require.
+            if pg.tls.mode == SslMode::Prefer {
+                pg.tls.mode = SslMode::Require;
+            }
+        }
+        pg
     }
 
     /// Publication tables as (schema, table).
@@ -627,7 +708,10 @@ pub struct Tls {
 pub enum SslMode {
     /// No TLS.
     Disable,
-    /// TLS if the server offers it, not verified (libpq's default).
+    /// Without TLS first; with TLS (not verified) when the server refuses that.
+    Allow,
+    /// With TLS (not verified) first; without when the server does not offer TLS or
+    /// refuses the encrypted connection (libpq's default).
     #[default]
     Prefer,
     /// TLS, not verified.
@@ -638,13 +722,28 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// The source connection: tokio-postgres settings plus TLS.
+/// The source connection: tokio-postgres settings plus TLS and authentication.
 #[derive(Debug, Clone)]
 pub struct Postgres {
     /// Host, port, user, password, database (tokio-postgres redacts the password in `Debug`).
     pub config: tokio_postgres::Config,
     /// TLS settings.
     pub tls: Tls,
+    /// Where each connection's password comes from.
+    pub auth: Auth,
+}
+
+/// Where each connection's password comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// `source.url` (or none).
+    #[default]
+    Password,
+    /// A fresh RDS IAM token, signed for this region (else one found as `source.region` says).
+    Iam {
+        /// `source.region`.
+        region: Option<String>,
+    },
 }
 
 impl Postgres {
@@ -669,7 +768,8 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "sslmode" => {
                 tls.mode = match value {
                     "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
+                    "allow" => SslMode::Allow,
+                    "prefer" => SslMode::Prefer,
                     "require" => SslMode::Require,
                     "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
@@ -677,7 +777,7 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
                         return Err(field(
                             "source.url",
                             format!(
-                                "sslmode={other}: use disable, prefer, require, verify-ca or verify-full"
+                                "sslmode={other}: use disable, allow, prefer, require, verify-ca or verify-full"
                             ),
                         ))
                     }
@@ -729,9 +829,10 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "not a Postgres connection string (postgres://user:password@host:port/dbname)",
         )
     })?;
+    // Each connection attempt sets its own (libpq's allow and prefer make two attempts:
+    // see `replication::tls`); this is the first attempt's.
     config.ssl_mode(match tls.mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Disable | SslMode::Allow => tokio_postgres::config::SslMode::Disable,
         _ => tokio_postgres::config::SslMode::Require,
     });
     if tls.root_cert.is_some() && !matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) {
@@ -740,7 +841,11 @@ pub fn parse_source_url(url: &str) -> Result<Postgres, ConfigError> {
             "sslrootcert goes with sslmode=verify-ca or sslmode=verify-full",
         ));
     }
-    Ok(Postgres { config, tls })
+    Ok(Postgres {
+        config,
+        tls,
+        auth: Auth::Password,
+    })
 }
 
 fn check_ident(name: &'static str, v: &str, slot: bool) -> Result<(), ConfigError> {
@@ -897,8 +1002,78 @@ mod tests {
         assert_eq!(pg.tls.mode, SslMode::Require);
         let plain = parse_source_url("postgres://u@h/d").expect("valid");
         assert_eq!(plain.tls.mode, SslMode::Prefer);
+        let allow = parse_source_url("postgres://u@h/d?sslmode=allow").expect("valid");
+        assert_eq!(allow.tls.mode, SslMode::Allow);
         let err = parse_source_url("postgres://u@h/d?sslmode=maybe").expect_err("bad mode");
         assert!(err.to_string().contains("sslmode=maybe"));
+    }
+
+    #[test]
+    fn iam_auth_forces_tls_and_takes_no_password() {
+        let c = Config::load(
+            Some("source: {url: 'postgres://walcast@db.x.eu-west-1.rds.amazonaws.com/app', auth: iam}"),
+            Vec::new(),
+        )
+        .expect("valid");
+        let pg = c.postgres();
+        assert_eq!(pg.auth, Auth::Iam { region: None });
+        assert_eq!(pg.tls.mode, SslMode::Require, "prefer becomes require");
+        let c = Config::load(
+            Some("source: {url: 'postgres://walcast@db/app?sslmode=verify-full'}"),
+            env(&[
+                ("WALCAST_SOURCE_AUTH", "iam"),
+                ("WALCAST_SOURCE_REGION", "eu-central-1"),
+            ]),
+        )
+        .expect("valid");
+        let pg = c.postgres();
+        assert_eq!(
+            pg.auth,
+            Auth::Iam {
+                region: Some("eu-central-1".into())
+            }
+        );
+        assert_eq!(pg.tls.mode, SslMode::VerifyFull);
+        for (url, needle) in [
+            ("postgres://walcast:pw@db/app", "holds a password"),
+            ("postgres://walcast@db/app?sslmode=disable", "needs TLS"),
+            ("postgres://walcast@db/app?sslmode=allow", "needs TLS"),
+        ] {
+            let e = Config::load(
+                Some(&format!("source: {{url: '{url}', auth: iam}}")),
+                Vec::new(),
+            )
+            .expect_err(url);
+            assert!(e.to_string().contains(needle), "{url}: {e}");
+        }
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d', auth: token}"),
+            Vec::new(),
+        )
+        .expect_err("unknown method");
+        assert!(e.to_string().contains("source.auth"), "{e}");
+        // Password authentication leaves the URL's sslmode alone.
+        let c = Config::load(Some("source: {url: 'postgres://u@h/d'}"), Vec::new()).expect("valid");
+        assert_eq!(c.postgres().tls.mode, SslMode::Prefer);
+        assert_eq!(c.postgres().auth, Auth::Password);
+    }
+
+    #[test]
+    fn heartbeat_secs_is_optional_and_positive() {
+        let c = Config::load(Some("source: {url: 'postgres://u@h/d'}"), Vec::new()).expect("valid");
+        assert_eq!(c.source.heartbeat_secs, None);
+        let c = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}"),
+            env(&[("WALCAST_SOURCE_HEARTBEAT_SECS", "30")]),
+        )
+        .expect("valid");
+        assert_eq!(c.source.heartbeat_secs, Some(30));
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d', heartbeat_secs: 0}"),
+            Vec::new(),
+        )
+        .expect_err("zero");
+        assert!(e.to_string().contains("source.heartbeat_secs"), "{e}");
     }
 
     #[test]

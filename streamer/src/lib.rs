@@ -7,7 +7,8 @@
 //! - [`replication`]: the slot. Inside, `transport` wraps the replication
 //!   connection ([`replication::connect`]), `pgoutput` decodes the protocol
 //!   ([`replication::decode`]), `catalog` sets up the slot and publication and
-//!   resolves types ([`replication::Catalog`]).
+//!   resolves types ([`replication::Catalog`]); `tls` makes libpq's `sslmode`
+//!   attempts on both connections, [`replication::iam`] signs RDS IAM tokens.
 //! - [`event`]: a row change → the JSON of the change event (exact value mapping).
 //! - [`sink`]: where events go. The contract every sink keeps is on the
 //!   [`sink::Sink`] trait; one delivery core serves SQS and SNS (typed
@@ -20,6 +21,7 @@
 //!   watermarks in the stream while streaming goes on; progress kept in the database.
 //! - [`backoff`]: the one retry schedule (capped, fully jittered), for deliveries and reconnects.
 //! - [`check`]: `streamer check`, a diagnosis of the database and the sink.
+//! - [`heartbeat`]: optional heartbeats through the slot (`source.heartbeat_secs`).
 //! - [`ops`]: `/healthz` and `/metrics`.
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod heartbeat;
 pub mod jq;
 pub mod ops;
 pub mod pipeline;

@@ -265,6 +265,14 @@ async fn run(
             std::time::Duration::from_secs(config.metrics.interval_secs),
         ));
     }
+    if let Some(secs) = config.source.heartbeat_secs {
+        tokio::spawn(walcast_streamer::heartbeat::run(
+            config.postgres(),
+            config.source.slot.clone(),
+            std::time::Duration::from_secs(secs),
+            Arc::clone(tracker.metrics()),
+        ));
+    }
     if let Some(addr) = &config.http.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

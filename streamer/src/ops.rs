@@ -58,6 +58,9 @@ pub struct Metrics {
     truncates: AtomicU64,
     reconnects: AtomicU64,
     lag_bytes: AtomicI64,
+    /// Emit time (Unix µs) of the newest heartbeat seen in the stream; 0: none.
+    heartbeat_seen: AtomicI64,
+    heartbeats_sent: AtomicU64,
     connected: AtomicBool,
     sink_error: Mutex<Option<String>>,
     last_accept: Mutex<Option<Instant>>,
@@ -84,6 +87,8 @@ impl Default for Metrics {
             truncates: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             lag_bytes: AtomicI64::new(-1),
+            heartbeat_seen: AtomicI64::new(0),
+            heartbeats_sent: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             sink_error: Mutex::default(),
             last_accept: Mutex::default(),
@@ -261,6 +266,25 @@ impl Metrics {
         self.lag_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// A heartbeat was written (`source.heartbeat_secs`).
+    pub fn heartbeat_sent(&self) {
+        self.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A heartbeat written at `sent_micros` came through the stream.
+    pub fn heartbeat_seen(&self, sent_micros: i64) {
+        self.heartbeat_seen
+            .fetch_max(sent_micros, Ordering::Relaxed);
+    }
+
+    /// Seconds since the newest heartbeat seen in the stream was written, if any.
+    pub fn heartbeat_age(&self) -> Option<f64> {
+        match self.heartbeat_seen.load(Ordering::Relaxed) {
+            0 => None,
+            sent => Some(((now_micros() - sent).max(0)) as f64 / 1e6),
+        }
+    }
+
     /// Healthy: replication connected, sink not failed, and not stalled with events in flight.
     pub fn health(&self, tracker: &Tracker) -> Result<(), String> {
         if let Ok(s) = self.sink_error.lock() {
@@ -401,6 +425,24 @@ impl Metrics {
             "walcast_replication_lag_bytes",
             "pg_current_wal_lsn() - the slot's confirmed_flush_lsn (-1: unknown).",
             self.lag_bytes.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "walcast_heartbeat_age_seconds",
+            "Seconds since the newest heartbeat seen in the stream was written (-1: none yet; source.heartbeat_secs).",
+            self.heartbeat_age()
+                .map(|a| format!("{a:.3}"))
+                .unwrap_or_else(|| "-1".into()),
+        );
+        counter(
+            &mut out,
+            "walcast_heartbeats_sent_total",
+            "Heartbeats written (source.heartbeat_secs).",
+        );
+        let _ = writeln!(
+            out,
+            "walcast_heartbeats_sent_total {}",
+            self.heartbeats_sent.load(Ordering::Relaxed)
         );
         gauge(
             &mut out,

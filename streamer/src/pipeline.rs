@@ -16,6 +16,7 @@ use crate::backfill::Coordinator;
 use crate::backoff;
 use crate::config::Config;
 use crate::event::{self, EventBuilder, RowChange, Table, Transaction};
+use crate::heartbeat;
 use crate::progress::Tracker;
 use crate::replication::{
     self, format_lsn, Catalog, ConnectInfo, Datum, PgOutput, RelationInfo, ReplicationError,
@@ -88,7 +89,9 @@ pub async fn setup(config: &Config) -> Result<SlotState, ReplicationError> {
     for warning in catalog.stream_warnings(publication, &tables).await? {
         tracing::warn!("{warning}");
     }
-    catalog.ensure_slot(&config.source.slot).await
+    catalog
+        .ensure_slot(&config.source.slot, config.source.failover_slot)
+        .await
 }
 
 /// How the shutdown went.
@@ -395,6 +398,11 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             } => {
                 if transactional {
                     self.message(state, &prefix, &content).await?;
+                } else if prefix == heartbeat::PREFIX {
+                    // No event: only its age, for /metrics.
+                    if let Some(sent) = heartbeat::sent_at(&content) {
+                        self.tracker.metrics().heartbeat_seen(sent);
+                    }
                 }
             }
             WalMessage::Data(data) => {

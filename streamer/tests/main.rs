@@ -1,4 +1,5 @@
-//! Integration tests against a real Postgres 15 (see `support`).
+//! Integration tests against a real Postgres (15 by default, any of 14 to 18 with
+//! `WALCAST_PG_VERSION`; see `support`).
 
 mod support;
 
@@ -22,7 +23,9 @@ mod binary;
 mod faults;
 mod shaping;
 mod streaming;
+mod tls;
 mod types;
+mod versions;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -367,3 +367,32 @@ async fn connection_loss_reconnects_and_a_dropped_slot_stops() {
     assert!(err.contains("dropped"), "{err}");
     db.drop_db().await;
 }
+
+/// A heartbeat (`walcast:heartbeat`, non-transactional) makes no event; the
+/// pipeline notes its age for `/metrics`. Other non-transactional messages are
+/// ignored too.
+#[tokio::test]
+async fn heartbeat_messages_make_no_event() {
+    let db = TestDb::new("heartbeat").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let run = Running::start(&db, "  tables: [t]\n").await;
+    assert_eq!(run.tracker.metrics().heartbeat_age(), None);
+    let sent = walcast_streamer::ops::now_micros();
+    db.exec(&format!(
+        "SELECT pg_logical_emit_message(false, 'walcast:heartbeat', '{sent}');
+         SELECT pg_logical_emit_message(false, 'someone:else', 'x');
+         INSERT INTO t VALUES (1);"
+    ))
+    .await;
+    let ev = run.events(1).await;
+    eventually(WAIT, || async {
+        run.tracker.metrics().heartbeat_age().is_some()
+    })
+    .await;
+    let age = run.tracker.metrics().heartbeat_age().expect("seen");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(ev.len(), 1, "only the insert");
+    assert_eq!(record(&ev[0])["id"], json!(1));
+    run.stop().await;
+    db.drop_db().await;
+}

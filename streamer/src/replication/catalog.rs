@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
-use super::{from_sql, tls, ReplicationError};
-use crate::config::Postgres;
+use super::tls::{self, Refusal, Wire};
+use super::{from_sql, sql_refusal, ReplicationError};
+use crate::config::{Auth, Postgres};
 use crate::event::{Column, Table, TypeKind};
 use crate::replication::pgoutput::RelationColumn;
 
@@ -152,29 +154,13 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 impl Catalog {
-    /// Connects (the connection task runs until the `Catalog` is dropped).
+    /// Connects (the connection task runs until the `Catalog` is dropped), with
+    /// TLS as `sslmode` says (libpq's attempts: see `tls`).
     pub async fn connect(pg: &Postgres, slot: &str) -> Result<Catalog, ReplicationError> {
-        let mut config = pg.config.clone();
-        config.application_name("walcast-catalog");
         let context = &format!("connecting to Postgres at {}", pg.endpoint());
-        let client = match tls::client_config(&pg.tls)? {
-            None => {
-                let (client, conn) = config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| from_sql(context, &e, slot))?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-            Some(rustls) => {
-                let (client, conn) = config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
-                    .await
-                    .map_err(|e| from_sql(context, &e, slot))?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-        };
+        let client =
+            tls::connect_as_libpq(pg.tls.mode, |wire| connect_once(pg, wire, context, slot))
+                .await?;
         Ok(Catalog {
             client,
             slot: slot.to_owned(),
@@ -673,7 +659,25 @@ impl Catalog {
     }
 
     /// Creates the logical slot (pgoutput) when missing; returns its state.
-    pub async fn ensure_slot(&self, slot: &str) -> Result<SlotState, ReplicationError> {
+    ///
+    /// With `failover` (`source.failover_slot`) the slot is created as a failover
+    /// slot, which needs Postgres 17; an existing slot without it is used with a
+    /// warning (a slot's failover property is only changed by dropping it, or by
+    /// `ALTER_REPLICATION_SLOT` on a replication connection).
+    pub async fn ensure_slot(
+        &self,
+        slot: &str,
+        failover: bool,
+    ) -> Result<SlotState, ReplicationError> {
+        let version = self.server_version().await?;
+        if failover && version < 170000 {
+            return Err(ReplicationError::Definite(format!(
+                "source.failover_slot: Postgres {} has no failover slots (they came with 17): \
+                 remove source.failover_slot, or upgrade (RDS Multi-AZ DB clusters copy slots \
+                 to their readers without it)",
+                version / 10000
+            )));
+        }
         let mut created = false;
         loop {
             let row = self
@@ -709,18 +713,37 @@ impl Catalog {
                     )));
                 }
                 let lsn: Option<String> = row.get(3);
+                if failover && !self.slot_failover(slot).await?.unwrap_or(false) {
+                    tracing::warn!(
+                        slot,
+                        "the slot is not a failover slot (it was created without \
+                         source.failover_slot): a promoted standby will not have it; stop the \
+                         streamer, drop the slot (SELECT pg_drop_replication_slot('{slot}')) and \
+                         start it again to create it with failover, then backfill what changed \
+                         in between"
+                    );
+                }
                 return Ok(SlotState {
                     confirmed_flush_lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
                     created,
                 });
             }
-            let made = self
-                .client
-                .query(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
-                .await;
+            let made = if failover {
+                // (name, plugin, temporary, two-phase, failover): Postgres 17+.
+                self.client
+                    .query(
+                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
+                        &[&slot],
+                    )
+                    .await
+            } else {
+                self.client
+                    .query(
+                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&slot],
+                    )
+                    .await
+            };
             match made {
                 Ok(_) => {
                     tracing::info!(slot, "created replication slot");
@@ -739,6 +762,22 @@ impl Catalog {
                 }
             }
         }
+    }
+
+    /// Whether the slot is a failover slot (`None` before Postgres 17, or no such slot).
+    pub async fn slot_failover(&self, slot: &str) -> Result<Option<bool>, ReplicationError> {
+        if self.server_version().await? < 170000 {
+            return Ok(None);
+        }
+        Ok(self
+            .client
+            .query_opt(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_replication_slots", e))?
+            .map(|r| r.get(0)))
     }
 
     /// Moves the slot forward to `lsn` while no one streams from it (shutdown fallback).
@@ -995,6 +1034,43 @@ fn key_columns(
             Vec::new()
         }
     }
+}
+
+/// One connection attempt over `wire`.
+async fn connect_once(
+    pg: &Postgres,
+    wire: Wire,
+    context: &str,
+    slot: &str,
+) -> Result<Client, (Refusal, ReplicationError)> {
+    let mut config = pg.config.clone();
+    config.application_name("walcast-catalog");
+    if let Auth::Iam { region } = &pg.auth {
+        let info = super::ConnectInfo::from_config(pg);
+        let token = super::iam::token(region.as_deref(), &info.host, info.port, &info.user)
+            .await
+            .map_err(|e| (Refusal::Other, e))?;
+        config.password(token);
+    }
+    let failed = |e: tokio_postgres::Error| (sql_refusal(&e), from_sql(context, &e, slot));
+    let mode = match wire {
+        Wire::Plain => SslMode::Disable,
+        Wire::TlsIfOffered => SslMode::Prefer,
+        Wire::Tls => SslMode::Require,
+    };
+    config.ssl_mode(mode);
+    if wire == Wire::Plain {
+        let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
+        tokio::spawn(watch_connection(conn));
+        return Ok(client);
+    }
+    let rustls = tls::client_config(&pg.tls).map_err(|e| (Refusal::Other, e))?;
+    let (client, conn) = config
+        .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
+        .await
+        .map_err(failed)?;
+    tokio::spawn(watch_connection(conn));
+    Ok(client)
 }
 
 async fn watch_connection<F>(conn: F)

@@ -22,6 +22,7 @@
 //!   message that says what to do. The stream ending is always an error.
 
 mod catalog;
+pub mod iam;
 mod pgoutput;
 mod tls;
 mod transport;
@@ -85,6 +86,31 @@ pub(crate) fn classify_code(
             "{text}. Grant the streamer's user the REPLICATION attribute (on RDS: \
              GRANT rds_replication TO <user>) and SELECT on the published tables."
         )),
+        // pg_hba.conf has no line for this connection. "no encryption" (before 14:
+        // "SSL off"): only TLS connections are accepted from here (`hostssl`).
+        "28000" if message.contains("no encryption") || message.contains("SSL off") => {
+            ReplicationError::Definite(format!(
+                "{text}. The server accepts only TLS connections from here (pg_hba.conf hostssl; \
+                 RDS: rds.force_ssl=1): set sslmode=require (or verify-full with sslrootcert) in source.url."
+            ))
+        }
+        "28000" if message.contains("SSL encryption") || message.contains("SSL on") => {
+            ReplicationError::Definite(format!(
+                "{text}. The server refuses TLS connections from here (pg_hba.conf hostnossl): \
+                 set sslmode=prefer or disable in source.url."
+            ))
+        }
+        "28000" if message.contains("pg_hba.conf") => ReplicationError::Definite(format!(
+            "{text}. Add a pg_hba.conf line for this host, user and database on the server."
+        )),
+        // RDS IAM authentication runs through PAM: the token was refused.
+        "28P01" | "28000" if message.contains("PAM authentication failed") => {
+            ReplicationError::Definite(format!(
+                "{text}. The IAM token was refused: GRANT rds_iam TO the user, give the streamer's \
+                 role rds-db:connect on the user's arn:aws:rds-db:REGION:ACCOUNT:dbuser:RESOURCE-ID/USER \
+                 (template.yaml: StreamerDbUserArn), and set source.region to the database's region."
+            ))
+        }
         "28P01" | "28000" => ReplicationError::Definite(format!(
             "{text}. Check the user and password in source.url."
         )),
@@ -104,7 +130,7 @@ pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> 
         Some(db) => classify_code(context, db.message(), db.code().code(), slot),
         // A certificate the settings refuse will be refused again: say what to fix.
         None if tls_failure(e).is_some() => ReplicationError::Definite(format!(
-            "{context}: {e}: {}. Check sslmode and sslrootcert in source.url.",
+            "{context}: TLS: {e}: {}. Check sslmode and sslrootcert in source.url.",
             tls_failure(e).unwrap_or_default()
         )),
         // sslmode=require (or verify-*) against a server without TLS: it will not change.
@@ -128,6 +154,18 @@ pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> 
             };
             ReplicationError::Transient(format!("{context}: {chain}{hint}"))
         }
+    }
+}
+
+/// How a failed SQL connection attempt bears on trying the other kind (see `tls`).
+pub(crate) fn sql_refusal(e: &tokio_postgres::Error) -> tls::Refusal {
+    match e.as_db_error() {
+        // Class 28: pg_hba.conf, authentication.
+        Some(db) if db.code().code().starts_with("28") => tls::Refusal::Refused,
+        Some(_) => tls::Refusal::Other,
+        None if tls_failure(e).is_some() => tls::Refusal::Refused,
+        None if error_chain(e).contains("server does not support TLS") => tls::Refusal::NoTls,
+        None => tls::Refusal::Other,
     }
 }
 

@@ -1,14 +1,22 @@
-//! TLS for the catalog (SQL) connection, with libpq's `sslmode` meanings.
-//! The replication connection gets the same settings through pgwire-replication.
+//! TLS for both connections, with libpq's `sslmode` meanings: the order of
+//! connection attempts ([`connect_as_libpq`]) and, for the catalog (SQL)
+//! connection, the rustls configuration. The replication connection gets the
+//! same attempts, and pgwire-replication's own rustls set-up.
 //!
-//! | sslmode | encrypts | verifies the chain | verifies the host name |
-//! |---|---|---|---|
-//! | disable | no | – | – |
-//! | prefer (default) | if offered | no | no |
-//! | require | yes | no | no |
-//! | verify-ca | yes | yes | no |
-//! | verify-full | yes | yes | yes |
+//! | sslmode | first attempt | then, if the server turns it down | verifies the chain | the host name |
+//! |---|---|---|---|---|
+//! | disable | plain | – | – | – |
+//! | allow | plain | TLS | no | no |
+//! | prefer (default) | TLS if offered, else plain | plain | no | no |
+//! | require | TLS | – | no | no |
+//! | verify-ca | TLS | – | yes | no |
+//! | verify-full | TLS | – | yes | yes |
+//!
+//! "Turns it down" is what a server with only `hostssl` (or only `hostnossl`)
+//! lines in pg_hba.conf does to the other kind of connection, an authentication
+//! failure, or a failed handshake; a server that cannot be reached is not tried twice.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -20,15 +28,92 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use super::ReplicationError;
 use crate::config::{SslMode, Tls};
 
-/// The rustls client configuration for `tls`, or `None` for `sslmode=disable`.
-pub fn client_config(tls: &Tls) -> Result<Option<ClientConfig>, ReplicationError> {
+/// One connection attempt's TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// In the clear.
+    Plain,
+    /// TLS if the server offers it, else in the clear (`prefer`'s first attempt).
+    TlsIfOffered,
+    /// TLS or nothing.
+    Tls,
+}
+
+/// Why an attempt failed, as far as trying the other kind of connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server does not offer TLS (it answered the SSLRequest with `N`).
+    NoTls,
+    /// The server turned the connection down at start-up (pg_hba.conf,
+    /// authentication), or the TLS handshake failed: the other kind may pass.
+    Refused,
+    /// Anything else (unreachable, starting up, …): the other kind would fare no better.
+    Other,
+}
+
+/// libpq's attempts for `mode`: the first, and the one made when the server turns
+/// the first down.
+pub(crate) fn attempts(mode: SslMode) -> (Wire, Option<Wire>) {
+    match mode {
+        SslMode::Disable => (Wire::Plain, None),
+        SslMode::Allow => (Wire::Plain, Some(Wire::Tls)),
+        SslMode::Prefer => (Wire::TlsIfOffered, Some(Wire::Plain)),
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => (Wire::Tls, None),
+    }
+}
+
+/// Connects as libpq does for `mode`: `attempt` makes one connection over the
+/// given wire; when the server turns the first attempt down and `mode` has a
+/// second, that one is made. When both fail the error names both.
+pub(crate) async fn connect_as_libpq<T, F, Fut>(
+    mode: SslMode,
+    mut attempt: F,
+) -> Result<T, ReplicationError>
+where
+    F: FnMut(Wire) -> Fut,
+    Fut: Future<Output = Result<T, (Refusal, ReplicationError)>>,
+{
+    let (first, fallback) = attempts(mode);
+    let (why, err) = match attempt(first).await {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let Some(second) = fallback.filter(|_| why == Refusal::Refused) else {
+        return Err(err);
+    };
+    match attempt(second).await {
+        Ok(t) => {
+            tracing::debug!(sslmode = ?mode, ?second, "connected on the second attempt");
+            Ok(t)
+        }
+        // allow: the server refused the plain connection and offers no TLS either.
+        Err((Refusal::NoTls, _)) => Err(err),
+        // prefer against a server without TLS: both attempts were plain.
+        Err((_, again)) if again.to_string() == err.to_string() => Err(err),
+        Err((_, err2)) => {
+            let (tls, plain) = if first == Wire::Plain {
+                (err2, err)
+            } else {
+                (err, err2)
+            };
+            let text = format!("with TLS: {tls}; without TLS: {plain}");
+            Err(if tls.is_transient() && plain.is_transient() {
+                ReplicationError::Transient(text)
+            } else {
+                ReplicationError::Definite(text)
+            })
+        }
+    }
+}
+
+/// The rustls client configuration for a TLS attempt under `tls`.
+pub fn client_config(tls: &Tls) -> Result<ClientConfig, ReplicationError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| ReplicationError::Definite(format!("TLS set-up: {e}")))?;
     let config = match tls.mode {
-        SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => builder
+        SslMode::Disable | SslMode::Allow | SslMode::Prefer | SslMode::Require => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth(),
@@ -47,7 +132,7 @@ pub fn client_config(tls: &Tls) -> Result<Option<ClientConfig>, ReplicationError
             }
         }
     };
-    Ok(Some(config))
+    Ok(config)
 }
 
 fn roots(tls: &Tls) -> Result<RootCertStore, ReplicationError> {
@@ -163,5 +248,75 @@ impl ServerCertVerifier for ChainOnly {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `connect_as_libpq` with attempts that answer from `answers` in turn;
+    /// returns the result and the wires tried.
+    fn run(
+        mode: SslMode,
+        answers: Vec<Result<(), (Refusal, &'static str)>>,
+    ) -> (Result<(), String>, Vec<Wire>) {
+        let tried = std::sync::Mutex::new(Vec::new());
+        let answers = std::sync::Mutex::new(answers.into_iter());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let result = rt.block_on(connect_as_libpq(mode, |wire| {
+            tried.lock().expect("lock").push(wire);
+            let answer = answers.lock().expect("lock").next().expect("an answer");
+            async move {
+                answer.map_err(|(why, text)| (why, ReplicationError::Definite(text.to_owned())))
+            }
+        }));
+        (
+            result.map_err(|e| e.to_string()),
+            tried.into_inner().expect("lock"),
+        )
+    }
+
+    #[test]
+    fn attempts_follow_libpq() {
+        use Wire::*;
+        let refused = |t| Err((Refusal::Refused, t));
+        // prefer: TLS if offered; plain when the encrypted connection is turned down.
+        assert_eq!(run(SslMode::Prefer, vec![Ok(())]).1, [TlsIfOffered]);
+        let (r, tried) = run(SslMode::Prefer, vec![refused("hostnossl"), Ok(())]);
+        assert_eq!((r, tried), (Ok(()), vec![TlsIfOffered, Plain]));
+        // Both fail: both named.
+        let (r, _) = run(
+            SslMode::Prefer,
+            vec![refused("bad password"), refused("hostssl")],
+        );
+        assert_eq!(
+            r.expect_err("fails"),
+            "with TLS: bad password; without TLS: hostssl"
+        );
+        // The same error twice (the server offered no TLS): once.
+        let (r, _) = run(SslMode::Prefer, vec![refused("no"), refused("no")]);
+        assert_eq!(r.expect_err("fails"), "no");
+        // Unreachable: not tried twice.
+        let (r, tried) = run(SslMode::Prefer, vec![Err((Refusal::Other, "refused"))]);
+        assert_eq!(
+            (r.expect_err("fails"), tried),
+            ("refused".into(), vec![TlsIfOffered])
+        );
+        // allow: plain, then TLS; a server without TLS keeps the first error.
+        let (r, tried) = run(SslMode::Allow, vec![refused("hostssl"), Ok(())]);
+        assert_eq!((r, tried), (Ok(()), vec![Plain, Tls]));
+        let (r, _) = run(
+            SslMode::Allow,
+            vec![refused("hostssl"), Err((Refusal::NoTls, "no TLS"))],
+        );
+        assert_eq!(r.expect_err("fails"), "hostssl");
+        // disable, require, verify-*: one attempt.
+        assert_eq!(run(SslMode::Disable, vec![refused("x")]).1, [Plain]);
+        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+            assert_eq!(run(mode, vec![refused("x")]).1, [Tls]);
+        }
     }
 }

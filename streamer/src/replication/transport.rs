@@ -14,8 +14,9 @@ use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
 
+use super::tls::{connect_as_libpq, Refusal, Wire};
 use super::{classify_server_error, ReplicationError};
-use crate::config::{Postgres, SslMode, Tls};
+use crate::config::{Auth, Postgres, SslMode, Tls};
 
 /// What the stream delivers.
 #[derive(Debug)]
@@ -79,6 +80,8 @@ pub struct ConnectInfo {
     pub database: String,
     /// TLS settings.
     pub tls: Tls,
+    /// Where the password comes from (`Auth::Iam`: a fresh token per connection).
+    pub auth: Auth,
 }
 
 impl std::fmt::Debug for ConnectInfo {
@@ -110,6 +113,7 @@ impl ConnectInfo {
                 .unwrap_or_default(),
             database: c.get_dbname().unwrap_or("postgres").to_owned(),
             tls: pg.tls.clone(),
+            auth: pg.auth.clone(),
         }
     }
 }
@@ -124,26 +128,57 @@ pub struct PgwireStream {
     slot: String,
 }
 
-/// Opens the replication stream at the slot's confirmed position.
+/// Opens the replication stream at the slot's confirmed position, with TLS as
+/// `sslmode` says (libpq's attempts: see `tls`). Returns once the server has
+/// accepted START_REPLICATION, so a refused connection is known here.
 pub async fn connect(
     info: &ConnectInfo,
     slot: &str,
     publication: &str,
     ack_lsn: u64,
 ) -> Result<PgwireStream, ReplicationError> {
+    let context = format!("connecting for replication to {}:{}", info.host, info.port);
+    let client = connect_as_libpq(info.tls.mode, |wire| {
+        connect_once(info, wire, slot, publication, ack_lsn, &context)
+    })
+    .await?;
+    Ok(PgwireStream {
+        client,
+        slot: slot.to_owned(),
+    })
+}
+
+async fn connect_once(
+    info: &ConnectInfo,
+    wire: Wire,
+    slot: &str,
+    publication: &str,
+    ack_lsn: u64,
+    context: &str,
+) -> Result<ReplicationClient, (Refusal, ReplicationError)> {
     let root = info.tls.root_cert.clone();
-    let tls = match info.tls.mode {
-        SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(root),
-        SslMode::VerifyFull => TlsConfig::verify_full(root),
-        // pgwire-replication has no "TLS if offered": prefer connects in the clear,
-        // like a libpq client whose server does not offer TLS. Say sslmode=require to insist.
-        SslMode::Disable | SslMode::Prefer => TlsConfig::disabled(),
+    let tls = match (wire, info.tls.mode) {
+        (Wire::Plain, _) => TlsConfig::disabled(),
+        (Wire::TlsIfOffered, _) => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        (Wire::Tls, SslMode::VerifyCa) => TlsConfig::verify_ca(root),
+        (Wire::Tls, SslMode::VerifyFull) => TlsConfig::verify_full(root),
+        (Wire::Tls, _) => TlsConfig::require(),
+    };
+    let password = match &info.auth {
+        Auth::Password => info.password.clone(),
+        Auth::Iam { region } => {
+            super::iam::token(region.as_deref(), &info.host, info.port, &info.user)
+                .await
+                .map_err(|e| (Refusal::Other, e))?
+        }
     };
     let cfg = ReplicationConfig::new(
         info.host.clone(),
         info.user.clone(),
-        info.password.clone(),
+        password,
         info.database.clone(),
         slot,
         publication,
@@ -160,21 +195,55 @@ pub async fn connect(
     .with_application_name("walcast")
     // Needed so `feedback_pending_since` reports whether the server has our position.
     .with_feedback_observer(pgwire_replication::FeedbackObserver::new(|_| {}));
-    let client = ReplicationClient::connect(cfg).await.map_err(|e| {
-        let context = format!("connecting for replication to {}:{}", info.host, info.port);
-        classify(&context, e, slot)
-    })?;
-    Ok(PgwireStream {
-        client,
-        slot: slot.to_owned(),
-    })
+    let verify_ca = wire == Wire::Tls && info.tls.mode == SslMode::VerifyCa;
+    let failed = |e: PgWireError| {
+        let why = refusal(&e);
+        match &e {
+            // pgwire-replication 0.5 misses rustls's newer name error under verify-ca.
+            PgWireError::Tls(m) if verify_ca && m.contains("not valid for name") => (
+                why,
+                ReplicationError::Definite(format!(
+                    "{context}: TLS: the server's certificate does not name {}: under sslmode=verify-ca \
+                     the replication connection (pgwire-replication 0.5) checks the name as well: \
+                     connect by a name the certificate holds, or use verify-full with it",
+                    info.host
+                )),
+            ),
+            _ => (why, classify(context, e, slot)),
+        }
+    };
+    let mut client = ReplicationClient::connect(cfg).await.map_err(failed)?;
+    client.wait_started().await.map_err(failed)?;
+    Ok(client)
+}
+
+/// How a failed attempt bears on trying the other kind of connection.
+fn refusal(e: &PgWireError) -> Refusal {
+    match e {
+        PgWireError::Tls(m) if m.contains("SSLRequest rejected") => Refusal::NoTls,
+        PgWireError::Tls(_) | PgWireError::Auth(_) => Refusal::Refused,
+        // Class 28: pg_hba.conf, authentication.
+        PgWireError::Server(m) if m.contains("SQLSTATE 28") => Refusal::Refused,
+        _ => Refusal::Other,
+    }
 }
 
 fn classify(context: &str, e: PgWireError, slot: &str) -> ReplicationError {
     match &e {
         PgWireError::Server(msg) => classify_server_error(context, msg, slot),
-        PgWireError::Auth(_) | PgWireError::Tls(_) => ReplicationError::Definite(format!(
-            "{context}: {e}. Check the credentials and sslmode in source.url."
+        PgWireError::Tls(m) if m.contains("SSLRequest rejected") => {
+            ReplicationError::Definite(format!(
+                "{context}: the server does not offer TLS, and sslmode in source.url requires it: \
+                 enable ssl on the server, or set sslmode=prefer (or disable)"
+            ))
+        }
+        PgWireError::Tls(m) => ReplicationError::Definite(format!(
+            "{context}: TLS: {}. Check sslmode and sslrootcert in source.url.",
+            m.trim_end_matches('.')
+        )),
+        PgWireError::Auth(m) => ReplicationError::Definite(format!(
+            "{context}: authentication failed: {}. Check the user and password in source.url.",
+            m.trim_end_matches('.')
         )),
         PgWireError::MessageTooLarge { .. }
         | PgWireError::Protocol(_)

@@ -1,10 +1,16 @@
-//! Test support: a throwaway Postgres 15 with `wal_level=logical`, one per
-//! test binary, and a fresh database per test.
+//! Test support: a throwaway Postgres with `wal_level=logical`, one per test
+//! binary, and a fresh database per test.
 //!
-//! The server runs from Debian's binaries (`/usr/lib/postgresql/15/bin`, or
-//! `WALCAST_PG_BIN`), as the `postgres` user when the tests run as root
-//! (`initdb` refuses root), on 127.0.0.1 at a free port with its socket in a
-//! temp dir. A watchdog stops it when the test process exits, however it exits.
+//! The major version is `WALCAST_PG_VERSION` (default 15): 15 runs Debian's
+//! binaries (`/usr/lib/postgresql/15/bin`), the others those that
+//! `infra/install-postgres.sh` put in the tools directory
+//! (`$WALCAST_TOOLS/postgres-<version>/bin`); `WALCAST_PG_BIN` overrides both.
+//! The server runs as the `postgres` user when the tests run as root (`initdb`
+//! refuses root); when that user cannot reach the binaries (a tools directory
+//! under a private home), they are linked or copied once into a temp dir it can
+//! read. It listens on 127.0.0.1 at a free port with its socket in a temp dir. A
+//! watchdog stops it and removes its files when the test process exits, however
+//! it exits.
 
 #![allow(dead_code)]
 
@@ -27,10 +33,142 @@ pub struct PgServer {
 static SERVER: OnceLock<PgServer> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
-fn bin_dir() -> PathBuf {
-    std::env::var_os("WALCAST_PG_BIN")
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// The Postgres major the tests run against (`WALCAST_PG_VERSION`, default 15).
+pub fn pg_major() -> u32 {
+    match std::env::var("WALCAST_PG_VERSION") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|_| panic!("WALCAST_PG_VERSION={v}: give a major, e.g. 17")),
+        _ => 15,
+    }
+}
+
+/// Where the binaries of `pg_major()` are installed.
+fn installed_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WALCAST_PG_BIN") {
+        return PathBuf::from(bin);
+    }
+    let major = pg_major();
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("initdb").exists() {
+        return debian;
+    }
+    let tools = std::env::var_os("WALCAST_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/walcast-tools")))
+        .unwrap_or_else(|| PathBuf::from("/nonexistent"));
+    let prefix = format!("postgres-{major}.");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&tools)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && !name.contains(".tmp.") && !name.contains(".new.")
+        })
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "Postgres {major} server binaries not found (in {} or {}/postgres-{major}.*): \
+             run infra/setup.sh (or infra/install-postgres.sh {major}), or set WALCAST_PG_BIN",
+            debian.display(),
+            tools.display()
+        )
+    })
+}
+
+/// The binaries, where the user that runs the server can execute them.
+fn bin_dir() -> PathBuf {
+    BIN.get_or_init(|| {
+        let bin = installed_bin();
+        if !is_root() || pg_user_can_run(&bin) {
+            return bin;
+        }
+        stage_for_pg_user(&bin)
+    })
+    .clone()
+}
+
+fn pg_user_can_run(bin: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(bin.join("postgres"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Links (or, across file systems, copies) the installation that holds `bin`
+/// (`bin/`, `lib/`, `share/`) into a temp dir the `postgres` user can read;
+/// removed when this process exits.
+fn stage_for_pg_user(bin: &Path) -> PathBuf {
+    let install = bin.parent().expect("bin dir has a parent");
+    let staged = std::env::temp_dir().join(format!("walcast-pgbin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staged);
+    let linked = Command::new("cp")
+        .arg("-al")
+        .arg(install)
+        .arg(&staged)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !linked {
+        let _ = std::fs::remove_dir_all(&staged);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(install)
+            .arg(&staged)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "copying {} to {} failed",
+            install.display(),
+            staged.display()
+        );
+    }
+    let ok = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&staged)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "chmod of {} failed", staged.display());
+    let staged_bin = staged.join(bin.file_name().expect("bin dir name"));
+    assert!(
+        pg_user_can_run(&staged_bin),
+        "the postgres user cannot run {}",
+        staged_bin.display()
+    );
+    // Removed when this process exits, however it exits (after the servers' watchdogs
+    // have stopped them: those use these binaries).
+    let cleanup = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; sleep 5; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = staged.display()
+    );
+    spawn_watchdog(&cleanup);
+    staged_bin
+}
+
+/// Runs `script` in the background, never waited on: it outlives this process
+/// (to stop a server, remove files) however the process exits.
+fn spawn_watchdog(script: &str) {
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog");
 }
 
 fn is_root() -> bool {
@@ -66,22 +204,23 @@ impl PgServer {
     }
 
     fn start() -> PgServer {
-        PgServer::start_with("main", "")
+        PgServer::start_with("main", "", None, DEFAULT_NAMES)
     }
 
     /// A server of its own (for tests that restart it or need other settings,
     /// e.g. `-c wal_level=replica -c ssl=off`), stopped and removed on drop.
     pub fn dedicated(tag: &str, settings: &str) -> PgServer {
-        PgServer::start_with(tag, settings)
+        PgServer::start_with(tag, settings, None, DEFAULT_NAMES)
     }
 
-    fn start_with(tag: &str, settings: &str) -> PgServer {
+    /// A server of its own with this `pg_hba.conf` and a certificate for these
+    /// names (`subjectAltName` syntax, e.g. `DNS:db.example`).
+    pub fn dedicated_tls(tag: &str, hba: &str, names: &str) -> PgServer {
+        PgServer::start_with(tag, "", Some(hba), names)
+    }
+
+    fn start_with(tag: &str, settings: &str, hba: Option<&str>, names: &str) -> PgServer {
         let bin = bin_dir();
-        assert!(
-            bin.join("initdb").exists(),
-            "Postgres 15 server binaries not found in {} (apt-get install postgresql-15, or set WALCAST_PG_BIN)",
-            bin.display()
-        );
         let base = std::env::temp_dir().join(format!("walcast-pg-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let data = base.join("data");
@@ -115,7 +254,11 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        make_certificates(&base);
+        if let Some(hba) = hba {
+            let path = data.join("pg_hba.conf");
+            std::fs::write(&path, hba).expect("write pg_hba.conf");
+        }
+        make_certificates(&base, names);
         let port = free_port();
         let log = base.join("postgres.log");
         let mut pg = as_pg_user(&bin.join("pg_ctl"));
@@ -155,15 +298,7 @@ impl PgServer {
             data = data.display(),
             base = base.display(),
         );
-        // Deliberately not waited on: it outlives this process to stop the server.
-        #[allow(clippy::zombie_processes)]
-        let _watchdog = Command::new("sh")
-            .args(["-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog");
+        spawn_watchdog(&stop);
         PgServer { port, dir: base }
     }
 
@@ -191,6 +326,15 @@ impl PgServer {
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
+
+    /// Over the Unix socket (which pg_hba.conf's `local` lines govern).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.join("sock").display(),
+            self.port
+        )
+    }
 }
 
 impl Drop for PgServer {
@@ -206,14 +350,17 @@ impl Drop for PgServer {
     }
 }
 
-/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1, so the
-/// server speaks TLS and tests can connect with `sslmode=verify-full`.
-fn make_certificates(dir: &Path) {
+const DEFAULT_NAMES: &str = "DNS:localhost,IP:127.0.0.1";
+
+/// A throwaway CA and a server certificate for `names` (by default `localhost`
+/// and 127.0.0.1), so the server speaks TLS and tests can connect with
+/// `sslmode=verify-full`.
+fn make_certificates(dir: &Path, names: &str) {
     let sh = format!(
         "set -e; cd {dir}
          openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=walcast-test-ca
          openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost
-         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
+         printf 'subjectAltName={names}\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext
          openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext
          chmod 600 server.key",
         dir = dir.display()
