@@ -1,8 +1,9 @@
 //! The template's own handler, wired as in `main`.
 
-use consumer_sns::{function_handler, Clients, NotificationError};
+use consumer_sns::{function_handler, Clients};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
+use walcast_lambda::sns::NotificationError;
 
 use crate::support::{event_json, sns_event, FIXTURES};
 
@@ -17,7 +18,7 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
             .expect("key")
             .to_owned();
         let event = LambdaEvent {
-            payload,
+            payload: payload.into(),
             context: Context::default(),
         };
 
@@ -27,7 +28,7 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
     }
     // A redelivery is acknowledged without doing the work again.
     let event = LambdaEvent {
-        payload: sns_event("sns.json"),
+        payload: sns_event("sns.json").into(),
         context: Context::default(),
     };
     function_handler(event, &clients).await.expect("duplicate");

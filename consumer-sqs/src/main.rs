@@ -4,9 +4,10 @@
 use std::num::NonZeroUsize;
 
 use anyhow::Context as _;
-use consumer_sqs::{function_handler, BatchConfig, Clients};
+use consumer_sqs::{function_handler, Clients};
 use lambda_runtime::{run, service_fn, Error};
 use tracing_subscriber::EnvFilter;
+use walcast_lambda::sqs::BatchConfig;
 
 /// Settings read from the environment, once, at cold start.
 struct Config {
