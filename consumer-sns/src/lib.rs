@@ -22,13 +22,16 @@ pub use tables::{Order, TableEvent, User};
 
 use lambda_runtime::LambdaEvent;
 use walcast_lambda::sns::{self, NotificationError, SnsBatch};
+use walcast_lambda::Payloads;
 
-/// Handles one invocation: each notification in `event` given to [`handle`].
+/// Handles one invocation: each notification in `event` given to [`handle`]
+/// (a body offloaded to S3 fetched from `payloads` first).
 pub async fn function_handler(
     event: LambdaEvent<SnsBatch>,
     clients: &Clients,
+    payloads: &Payloads,
 ) -> Result<(), NotificationError> {
-    sns::process(event.payload, |event, notification| async move {
+    sns::process(event.payload, payloads, |event, notification| async move {
         handle(
             event,
             &Ctx {

@@ -5,6 +5,7 @@ use change_event::Action;
 use consumer_sns::TableEvent;
 use serde_json::Value;
 use walcast_lambda::sns::{process, SnsBatch};
+use walcast_lambda::Payloads;
 
 use crate::support::{event_json, sns_event, Recorder, FIXTURES};
 
@@ -34,9 +35,11 @@ fn fixture_messages_are_the_change_event_fixtures_compacted() {
 async fn every_action_decodes_into_its_table_type() {
     for (name, table, action) in FIXTURES {
         let recorder = Recorder::default();
-        process(sns_event(name), |e, n| recorder.handle(e, n))
-            .await
-            .expect(name);
+        process(sns_event(name), &Payloads::default(), |e, n| {
+            recorder.handle(e, n)
+        })
+        .await
+        .expect(name);
 
         let calls = recorder.calls();
         let [(event, notification)] = calls.as_slice() else {
@@ -109,9 +112,11 @@ async fn a_message_of_the_wrong_shape_names_the_field_not_the_value() {
     json["Records"][0]["Sns"]["Message"] = Value::from(message);
     let recorder = Recorder::default();
 
-    let error = process(sns_batch(json), |e, n| recorder.handle(e, n))
-        .await
-        .expect_err("wrong shape");
+    let error = process(sns_batch(json), &Payloads::default(), |e, n| {
+        recorder.handle(e, n)
+    })
+    .await
+    .expect_err("wrong shape");
 
     let text = error.to_string();
     assert!(

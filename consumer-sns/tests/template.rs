@@ -4,6 +4,7 @@ use consumer_sns::{function_handler, Clients};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
 use walcast_lambda::sns::NotificationError;
+use walcast_lambda::Payloads;
 
 use crate::support::{event_json, sns_event, FIXTURES};
 
@@ -22,7 +23,9 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
             context: Context::default(),
         };
 
-        function_handler(event, &clients).await.expect(name);
+        function_handler(event, &clients, &Payloads::default())
+            .await
+            .expect(name);
 
         assert!(clients.processed.contains(&key), "{name}: {key} noted");
     }
@@ -31,7 +34,9 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
         payload: sns_event("sns.json").into(),
         context: Context::default(),
     };
-    function_handler(event, &clients).await.expect("duplicate");
+    function_handler(event, &clients, &Payloads::default())
+        .await
+        .expect("duplicate");
 }
 
 #[tokio::test]
@@ -47,7 +52,7 @@ async fn the_template_handler_rejects_a_negative_order_total_for_good() {
         context: Context::default(),
     };
 
-    let error = function_handler(event, &Clients::new())
+    let error = function_handler(event, &Clients::new(), &Payloads::default())
         .await
         .expect_err("rejected");
 

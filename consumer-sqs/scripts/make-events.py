@@ -319,6 +319,18 @@ def shapes() -> dict:
     for field in ["Signature", "SigningCertUrl", "Timestamp"]:
         del broken["Records"][0]["Sns"][field]
     out["sns-record-missing-fields.json"] = broken
+
+    # A body offloaded to S3, as the streamer and AWS's extended clients send it:
+    # the pointer (change-event/fixtures/pointer.json, compacted) and ExtendedPayloadSize.
+    pointer = sqs_event(["insert"], STANDARD_QUEUE, False)
+    r = pointer["Records"][0]
+    r["messageId"] = "5e0f4a4c-3a57-4bde-9b55-0c3f7c1b2a91"
+    r["body"] = compact((ROOT / "change-event" / "fixtures" / "pointer.json").read_text())
+    r["md5OfBody"] = hashlib.md5(r["body"].encode()).hexdigest()
+    r["messageAttributes"]["ExtendedPayloadSize"] = {"stringValue": "3145728", "stringListValues": [],
+                                                     "binaryListValues": [], "dataType": "Number"}
+    del r["md5OfMessageAttributes"]
+    out["sqs-extended-client-pointer.json"] = pointer
     return out
 
 

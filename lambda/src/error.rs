@@ -93,6 +93,9 @@ pub enum DecodeError {
     /// The body is an SNS envelope whose `Message` is not a string.
     #[error("the body is an SNS notification whose Message is not a string")]
     BadEnvelope,
+    /// The body names the S3 payload pointer class but lacks the bucket or the key.
+    #[error("{}", change_event::MalformedPointer)]
+    MalformedPointer,
     /// The body is an SNS subscription message, not a notification.
     #[error("the message is an SNS {kind}, not a change event: {fix}")]
     SubscriptionMessage {

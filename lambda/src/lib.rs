@@ -10,6 +10,7 @@
 //! | [`sqs`] | an SQS batch: records decoded one by one, lanes, FIFO order (by the queue's `.fifo` ARN), partial failures ([`sqs::process`]) |
 //! | [`sns`] | an SNS invocation: each notification decoded and handled in order, failing the invocation on error ([`sns::process`]) |
 //! | `envelope` | SNS envelopes in SQS bodies unwrapped, [`Attributes`] |
+//! | `payload` | bodies offloaded to S3 by the streamer or AWS's extended clients, fetched lazily ([`Payloads`]) |
 //! | `table` | routing by table: [`Table`], the [`Route`] trait your `TableEvent` implements |
 //! | `error` | [`HandlerError`] (retryable or permanent), [`DecodeError`] |
 //! | `idempotency` | an in-memory note of handled events ([`ProcessedKeys`]) |
@@ -46,6 +47,7 @@
 mod envelope;
 mod error;
 mod idempotency;
+mod payload;
 pub mod sns;
 pub mod sqs;
 mod table;
@@ -53,4 +55,5 @@ mod table;
 pub use envelope::Attributes;
 pub use error::{BoxError, DecodeError, HandlerError};
 pub use idempotency::ProcessedKeys;
+pub use payload::{PayloadError, Payloads};
 pub use table::{decode_event, Route, Table};

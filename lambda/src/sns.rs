@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  SnsBatch (records kept as raw JSON) ──► per record, in order:
-//!                 raw JSON ─► SnsRecord ─► Sns.Message ─► JSON ─► TableEvent ─► handler
+//!                 raw JSON ─► SnsRecord ─► Sns.Message ─► JSON ─► S3 pointer? fetch
+//!                 ─► TableEvent ─► handler
 //!                      │ any failure (decode or handler)
 //!                      ▼
 //!               Err: the invocation fails
@@ -28,6 +29,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::envelope::Attributes;
 use crate::error::{DecodeError, HandlerError};
+use crate::payload::{PayloadError, Payloads, Unresolved};
 use crate::table::{decode_event, Route};
 
 /// An SNS invocation as Lambda sends it, each record kept as raw JSON. Use it
@@ -88,6 +90,15 @@ pub enum NotificationError {
         /// What is wrong with it.
         error: DecodeError,
     },
+    /// The message's body is offloaded to S3 and could not be fetched.
+    /// Retryable: Lambda's retries may find it.
+    #[error("SNS message {message_id}: {error}")]
+    Payload {
+        /// The SNS message id.
+        message_id: String,
+        /// Why the object was not fetched.
+        error: PayloadError,
+    },
     /// The handler returned an error.
     #[error("SNS message {message_id}: handler failed: {error}")]
     Handler {
@@ -103,6 +114,7 @@ impl NotificationError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Decode { .. } => false,
+            Self::Payload { .. } => true,
             Self::Handler { error, .. } => error.is_retryable(),
         }
     }
@@ -112,6 +124,7 @@ impl From<NotificationError> for Diagnostic {
     fn from(error: NotificationError) -> Self {
         let error_type = match &error {
             NotificationError::Decode { .. } => "DecodeError",
+            NotificationError::Payload { .. } => "PayloadError",
             NotificationError::Handler { error, .. } if error.is_retryable() => {
                 "HandlerError.Retryable"
             }
@@ -125,14 +138,14 @@ impl From<NotificationError> for Diagnostic {
 }
 
 /// Processes one SNS invocation: decodes each record's message into `E`
-/// (your [`Route`] type) and hands it to `handler` with its
-/// [`Notification`]. Stops at the first failure and returns it, so Lambda
+/// (your [`Route`] type; a body offloaded to S3 is fetched from `payloads`
+/// first) and hands it to `handler` with its [`Notification`]. Stops at the first failure and returns it, so Lambda
 /// retries the invocation.
 ///
 /// ```
 /// use change_event::ChangeEvent;
 /// use walcast_lambda::sns::{process, Notification, NotificationError, SnsBatch};
-/// use walcast_lambda::HandlerError;
+/// use walcast_lambda::{HandlerError, Payloads};
 ///
 /// async fn handle(_event: ChangeEvent, _n: Notification) -> Result<(), HandlerError> {
 ///     Ok(())
@@ -140,13 +153,14 @@ impl From<NotificationError> for Diagnostic {
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let batch: SnsBatch = serde_json::from_str(r#"{"Records": [{"Sns": {"MessageId": "n1"}}]}"#).unwrap();
-/// let error = process(batch, handle).await.unwrap_err();
+/// let error = process(batch, &Payloads::from_environment(), handle).await.unwrap_err();
 /// assert!(matches!(error, NotificationError::Decode { .. }));
 /// assert!(error.to_string().starts_with("SNS message n1: cannot decode it: SNS record"));
 /// # });
 /// ```
 pub async fn process<E, F, Fut>(
     batch: impl Into<SnsBatch>,
+    payloads: &Payloads,
     handler: F,
 ) -> Result<(), NotificationError>
 where
@@ -171,7 +185,17 @@ where
                 .map_err(|e| decode(DecodeError::shape("SNS record", &e)))?;
             let message: Value = serde_json::from_str(&record.sns.message)
                 .map_err(|e| decode(DecodeError::not_json(&e)))?;
-            let event = decode_event::<E>(message).map_err(decode)?;
+            let event = payloads
+                .resolve(message)
+                .await
+                .map_err(|error| match error {
+                    Unresolved::Decode(error) => decode(error),
+                    Unresolved::Payload(error) => NotificationError::Payload {
+                        message_id: message_id.clone(),
+                        error,
+                    },
+                })?;
+            let event = decode_event::<E>(event).map_err(decode)?;
             handler(event, Notification::new(&record.sns))
                 .await
                 .map_err(|error| NotificationError::Handler {
@@ -194,6 +218,7 @@ fn log_failure(failure: &NotificationError) {
     let retryable = failure.is_retryable();
     let error: &dyn std::error::Error = match failure {
         NotificationError::Decode { error, .. } => error,
+        NotificationError::Payload { error, .. } => error,
         NotificationError::Handler { error, .. } => error,
     };
     if retryable {

@@ -9,7 +9,7 @@
 //!                  │  up to `concurrency` lanes at a time
 //!                  ▼
 //!  in a lane, per record: raw JSON ─► SqsMessage ─► body ─► JSON (unwrap SNS envelope)
-//!                         ─► your Route type (TableEvent) ─► handler
+//!                         ─► S3 pointer? fetch the object ─► your Route type (TableEvent) ─► handler
 //!           first failure in a FIFO lane: that record and every later one of
 //!           the group are reported; the rest of the group is never handed over
 //!                  ▼
@@ -35,6 +35,8 @@
 //! - A standard queue's records carry a `MessageGroupId` too when it is a *fair
 //!   queue* (or fed by a standard SNS topic that forwards it): the attribute
 //!   does not make the queue ordered, so each record still fails alone.
+//! - A body offloaded to S3 (an extended-client pointer, [`crate::Payloads`]) is
+//!   fetched before decoding; a failed fetch is a retryable failure of that record.
 //! - A permanent failure is reported like any other: the queue's redrive
 //!   policy moves it to the DLQ after `maxReceiveCount` receives (in a FIFO
 //!   queue the group waits behind it until then).
@@ -53,6 +55,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::envelope::{parse_body, Attributes};
 use crate::error::{DecodeError, HandlerError};
+use crate::payload::{PayloadError, Payloads, Unresolved};
 use crate::table::{decode_event, Route};
 
 /// An SQS invocation as Lambda sends it, each record kept as raw JSON so that
@@ -120,6 +123,8 @@ impl Message {
 pub struct BatchConfig {
     /// Lanes (standard: records; FIFO: message groups) handled at the same time.
     pub concurrency: NonZeroUsize,
+    /// Where bodies offloaded to S3 are fetched from.
+    pub payloads: Payloads,
 }
 
 impl BatchConfig {
@@ -134,6 +139,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             concurrency: Self::DEFAULT_CONCURRENCY,
+            payloads: Payloads::from_environment(),
         }
     }
 }
@@ -167,7 +173,17 @@ impl From<BatchError> for Diagnostic {
 #[derive(Debug)]
 enum Failure {
     Decode(DecodeError),
+    Payload(PayloadError),
     Handler(HandlerError),
+}
+
+impl From<Unresolved> for Failure {
+    fn from(error: Unresolved) -> Self {
+        match error {
+            Unresolved::Decode(error) => Self::Decode(error),
+            Unresolved::Payload(error) => Self::Payload(error),
+        }
+    }
 }
 
 /// One record of the batch: its position, id and raw JSON.
@@ -223,9 +239,9 @@ where
     let records = batch.into().records;
     let total = records.len();
     let lanes = into_lanes(records)?;
-    let handler = &handler;
+    let (handler, payloads) = (&handler, &config.payloads);
     let mut failed: Vec<(usize, String)> = stream::iter(lanes)
-        .map(|lane| run_lane(lane, handler))
+        .map(|lane| run_lane(lane, payloads, handler))
         .buffer_unordered(config.concurrency.get())
         .flat_map(stream::iter)
         .collect()
@@ -306,7 +322,7 @@ fn fifo_group(raw: &Value) -> Option<(String, String)> {
 
 /// Runs the records of one lane in order; returns the failed ones
 /// (index in the batch, message id).
-async fn run_lane<E, F, Fut>(lane: Lane, handler: &F) -> Vec<(usize, String)>
+async fn run_lane<E, F, Fut>(lane: Lane, payloads: &Payloads, handler: &F) -> Vec<(usize, String)>
 where
     E: Route,
     F: Fn(E, Message) -> Fut,
@@ -316,7 +332,9 @@ where
     let mut records = lane.records.into_iter();
     while let Some(record) = records.next() {
         let span = info_span!("record", message_id = %record.message_id);
-        let outcome = run_record(&record, handler).instrument(span.clone()).await;
+        let outcome = run_record(&record, payloads, handler)
+            .instrument(span.clone())
+            .await;
         let Err(failure) = outcome else { continue };
         span.in_scope(|| log_failure(&failure));
         if lane.ordered {
@@ -335,7 +353,11 @@ where
     failed
 }
 
-async fn run_record<E, F, Fut>(record: &Record, handler: &F) -> Result<(), Failure>
+async fn run_record<E, F, Fut>(
+    record: &Record,
+    payloads: &Payloads,
+    handler: &F,
+) -> Result<(), Failure>
 where
     E: Route,
     F: Fn(E, Message) -> Fut,
@@ -345,7 +367,8 @@ where
         .map_err(|e| Failure::Decode(DecodeError::shape("SQS record", &e)))?;
     let body = sqs.body.as_deref().ok_or(DecodeError::MissingBody);
     let body = body.and_then(parse_body).map_err(Failure::Decode)?;
-    let event = decode_event::<E>(body.message).map_err(Failure::Decode)?;
+    let event = payloads.resolve(body.message).await?;
+    let event = decode_event::<E>(event).map_err(Failure::Decode)?;
     let message = Message::new(record.message_id.clone(), &sqs, body.envelope);
     handler(event, message).await.map_err(Failure::Handler)
 }
@@ -357,6 +380,11 @@ fn log_failure(failure: &Failure) {
             retryable = false,
             "cannot decode the message: reported as failed; after maxReceiveCount the \
              redrive policy moves it to the DLQ"
+        ),
+        Failure::Payload(error) => warn!(
+            %error,
+            retryable = true,
+            "the offloaded body was not fetched: reported as failed, SQS redelivers it"
         ),
         Failure::Handler(error) if error.is_retryable() => warn!(
             %error,

@@ -4,6 +4,7 @@ use change_event::Action;
 use lambda_runtime::Diagnostic;
 use serde_json::{json, Value};
 use walcast_lambda::sns::{process, NotificationError, SnsBatch};
+use walcast_lambda::Payloads;
 
 use crate::support::{event_json, Logs, Outcome, SnsRecorder, TableEvent};
 
@@ -21,7 +22,7 @@ async fn a_malformed_message_fails_the_invocation_without_calling_the_handler() 
     let recorder = SnsRecorder::default();
     let logs = Logs::capture();
 
-    let error = process(batch, |e, n| recorder.handle(e, n))
+    let error = process(batch, &Payloads::default(), |e, n| recorder.handle(e, n))
         .await
         .expect_err("a malformed message fails");
 
@@ -64,7 +65,7 @@ async fn handler_errors_fail_the_invocation_and_keep_their_kind() {
             .to_owned();
         let recorder = SnsRecorder::failing(fail);
 
-        let error = process(batch, |e, n| recorder.handle(e, n))
+        let error = process(batch, &Payloads::default(), |e, n| recorder.handle(e, n))
             .await
             .expect_err("fails");
 
@@ -91,7 +92,7 @@ async fn several_records_run_in_order_and_stop_at_the_first_failure() {
     let batch: SnsBatch = serde_json::from_value(json!({ "Records": records })).expect("SNS");
     let recorder = SnsRecorder::default();
 
-    let error = process(batch, |e, n| recorder.handle(e, n))
+    let error = process(batch, &Payloads::default(), |e, n| recorder.handle(e, n))
         .await
         .expect_err("the second record fails");
 
@@ -111,6 +112,7 @@ async fn signature_v2_and_binary_attributes() {
     let recorder = SnsRecorder::default();
     process(
         sns_batch("sns-signature-v2-binary-attribute.json"),
+        &Payloads::default(),
         |e, n| recorder.handle(e, n),
     )
     .await
@@ -133,7 +135,7 @@ async fn an_unreadable_record_names_its_message_id_and_field() {
         .to_owned();
     let recorder = SnsRecorder::default();
 
-    let error = process(batch, |e, n| recorder.handle(e, n))
+    let error = process(batch, &Payloads::default(), |e, n| recorder.handle(e, n))
         .await
         .expect_err("unreadable");
 

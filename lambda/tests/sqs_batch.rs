@@ -13,6 +13,7 @@ use crate::support::{
 fn one_at_a_time() -> BatchConfig {
     BatchConfig {
         concurrency: NonZeroUsize::MIN,
+        ..BatchConfig::default()
     }
 }
 

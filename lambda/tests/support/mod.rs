@@ -1,6 +1,9 @@
 //! Fixtures, record types like a template's, handlers that record what they
 //! were given, and a log capture.
 
+#[cfg(feature = "s3")]
+pub mod fauxqs;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
