@@ -20,6 +20,7 @@ mod aws;
 mod backfill_tests;
 mod binary;
 mod faults;
+mod large;
 mod streaming;
 mod types;
 
