@@ -20,7 +20,17 @@
 //!
 //! `ChangeEvent` with no type arguments keeps the record as a
 //! [`serde_json::Value`] (column order and numeric digits preserved).
+//!
+//! An event too large for SQS or SNS travels through S3: the message body is
+//! then a [`PayloadPointer`] in the format of AWS's extended client libraries.
 #![warn(missing_docs)]
+
+mod pointer;
+
+pub use pointer::{
+    MalformedPointer, PayloadPointer, LEGACY_POINTER_CLASS, LEGACY_SIZE_ATTRIBUTE, POINTER_CLASS,
+    SIZE_ATTRIBUTE,
+};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

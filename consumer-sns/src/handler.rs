@@ -23,9 +23,9 @@
 use change_event::{Action, ChangeEvent, Row};
 use tracing::{info, warn};
 
-use crate::error::HandlerError;
-use crate::idempotency::ProcessedKeys;
-use crate::message::Notification;
+use walcast_lambda::sns::Notification;
+use walcast_lambda::{HandlerError, ProcessedKeys};
+
 use crate::tables::{Order, TableEvent, User};
 
 /// Clients and state built once per execution environment, in `main`, and

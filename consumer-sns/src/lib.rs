@@ -1,45 +1,37 @@
 //! consumer-sns: a Lambda function template that consumes walcast change
 //! events from an SNS topic subscription, typed by table.
 //!
-//! A tour, in the order a notification travels:
-//!
-//! | module | what | edit it? |
+//! | file | what | edit it? |
 //! |---|---|---|
 //! | `main.rs` | wiring: logging, [`Clients`], the Lambda runtime | rarely |
-//! | `notification` | the invocation: decode, handle, fail so Lambda retries ([`process`]) | no |
-//! | `message` | message → JSON, [`Notification`] with its attributes, [`Table`] | no |
-//! | `tables` | record types and routing by table ([`TableEvent`]) | **yes** |
-//! | `handler` | your logic: [`handle`], [`Clients`], [`Ctx`] | **yes** |
-//! | `error` | [`HandlerError`] (retryable or permanent), [`DecodeError`] | no |
-//! | `idempotency` | an in-memory note of handled events ([`ProcessedKeys`]) | no |
+//! | `tables.rs` | record types and routing by table ([`TableEvent`]) | **yes** |
+//! | `handler.rs` | your logic: [`handle`], [`Clients`], [`Ctx`] | **yes** |
 //!
+//! The machinery (each notification decoded on its own, failing the
+//! invocation so Lambda retries, [`HandlerError`](walcast_lambda::HandlerError))
+//! is the `walcast-lambda` library: [`walcast_lambda::sns::process`].
 //! [`function_handler`] is what `main` runs for each invocation, with your
-//! [`handle`] plugged in. Tests plug in their own handler through [`process`].
+//! [`handle`] plugged in.
 #![warn(missing_docs)]
 
-mod error;
 mod handler;
-mod idempotency;
-mod message;
-mod notification;
 mod tables;
 
-pub use error::{BoxError, DecodeError, HandlerError};
 pub use handler::{handle, Clients, Ctx};
-pub use idempotency::ProcessedKeys;
-pub use message::{Attributes, Notification, Table};
-pub use notification::{process, NotificationError};
 pub use tables::{Order, TableEvent, User};
 
-use aws_lambda_events::sns::SnsEvent;
 use lambda_runtime::LambdaEvent;
+use walcast_lambda::sns::{self, NotificationError, SnsBatch};
+use walcast_lambda::Payloads;
 
-/// Handles one invocation: each notification in `event` given to [`handle`].
+/// Handles one invocation: each notification in `event` given to [`handle`]
+/// (a body offloaded to S3 fetched from `payloads` first).
 pub async fn function_handler(
-    event: LambdaEvent<SnsEvent>,
+    event: LambdaEvent<SnsBatch>,
     clients: &Clients,
+    payloads: &Payloads,
 ) -> Result<(), NotificationError> {
-    process(event.payload, |event, notification| async move {
+    sns::process(event.payload, payloads, |event, notification| async move {
         handle(
             event,
             &Ctx {

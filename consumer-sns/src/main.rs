@@ -4,6 +4,7 @@
 use consumer_sns::{function_handler, Clients};
 use lambda_runtime::{run, service_fn, Error};
 use tracing_subscriber::EnvFilter;
+use walcast_lambda::Payloads;
 
 /// Settings read from the environment, once, at cold start.
 struct Config {
@@ -50,6 +51,11 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env();
     init_tracing(&config);
     let clients = Clients::new();
-    let clients = &clients;
-    run(service_fn(move |event| function_handler(event, clients))).await
+    // S3 (for bodies offloaded there) is only set up when the first one arrives.
+    let payloads = Payloads::from_environment();
+    let (clients, payloads) = (&clients, &payloads);
+    run(service_fn(move |event| {
+        function_handler(event, clients, payloads)
+    }))
+    .await
 }

@@ -1,7 +1,7 @@
 //! ✏️ EDIT ME (1 of 2): the tables this function receives and their record types.
 //!
 //! One struct per table, one [`TableEvent`] variant per struct, one line in
-//! [`TableEvent::decode`] to route to it. Tables without a line arrive as
+//! its [`Route::route`] to route to it. Tables without a line arrive as
 //! [`TableEvent::Other`] with the record kept as JSON.
 //!
 //! Column types follow `docs/change-event.md`: integers are numbers,
@@ -18,8 +18,7 @@ use change_event::{Action, ChangeEvent, Metadata};
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use crate::error::DecodeError;
-use crate::message::Table;
+use walcast_lambda::{DecodeError, Route, Table};
 
 /// A row of `public.users`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -66,18 +65,19 @@ pub enum TableEvent {
     Other(ChangeEvent),
 }
 
-impl TableEvent {
+impl Route for TableEvent {
     /// Routes a change event by `metadata.table_schema`/`table_name` and
     /// decodes its record into that table's type.
-    pub fn decode(event: Value) -> Result<Self, DecodeError> {
-        let table = Table::of(&event)?;
+    fn route(table: &Table, event: Value) -> Result<Self, DecodeError> {
         Ok(match (table.schema(), table.name()) {
             ("public", "users") => Self::Users(table.decode(event)?),
             ("public", "orders") => Self::Orders(table.decode(event)?),
             _ => Self::Other(table.decode(event)?),
         })
     }
+}
 
+impl TableEvent {
     /// The event's metadata (table, commit position, idempotency key, …).
     pub fn metadata(&self) -> &Metadata {
         match self {

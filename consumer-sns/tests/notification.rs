@@ -1,11 +1,13 @@
-//! `consumer_sns::process`: typed decoding, attributes, and the error paths.
+//! The template's tables under `walcast_lambda::sns::process`: typed decoding,
+//! attributes, a wrong shape. (Failure kinds and order are the library's: `lambda/tests/sns.rs`.)
 
 use change_event::Action;
-use consumer_sns::{process, HandlerError, NotificationError, TableEvent};
-use lambda_runtime::Diagnostic;
-use serde_json::{json, Value};
+use consumer_sns::TableEvent;
+use serde_json::Value;
+use walcast_lambda::sns::{process, SnsBatch};
+use walcast_lambda::Payloads;
 
-use crate::support::{event_json, sns_event, Logs, Recorder, FIXTURES};
+use crate::support::{event_json, sns_event, Recorder, FIXTURES};
 
 #[test]
 fn fixture_messages_are_the_change_event_fixtures_compacted() {
@@ -33,9 +35,11 @@ fn fixture_messages_are_the_change_event_fixtures_compacted() {
 async fn every_action_decodes_into_its_table_type() {
     for (name, table, action) in FIXTURES {
         let recorder = Recorder::default();
-        process(sns_event(name), |e, n| recorder.handle(e, n))
-            .await
-            .expect(name);
+        process(sns_event(name), &Payloads::default(), |e, n| {
+            recorder.handle(e, n)
+        })
+        .await
+        .expect(name);
 
         let calls = recorder.calls();
         let [(event, notification)] = calls.as_slice() else {
@@ -96,43 +100,6 @@ async fn every_action_decodes_into_its_table_type() {
 }
 
 #[tokio::test]
-async fn a_malformed_message_fails_the_invocation_without_calling_the_handler() {
-    let event = sns_event("sns-malformed.json");
-    let message_id = event.records[0].sns.message_id.clone();
-    let recorder = Recorder::default();
-    let logs = Logs::capture();
-
-    let error = process(event, |e, n| recorder.handle(e, n))
-        .await
-        .expect_err("a malformed message fails");
-
-    assert!(
-        matches!(error, NotificationError::Decode { .. }),
-        "{error:?}"
-    );
-    assert!(!error.is_retryable());
-    assert!(recorder.calls().is_empty());
-    let diagnostic = Diagnostic::from(error);
-    assert_eq!(diagnostic.error_type, "DecodeError");
-    assert!(
-        diagnostic.error_message.contains(&message_id),
-        "{}",
-        diagnostic.error_message
-    );
-    assert!(
-        diagnostic.error_message.contains("not valid JSON"),
-        "{}",
-        diagnostic.error_message
-    );
-    let logs = logs.text();
-    assert!(logs.contains(&message_id), "{logs}");
-    for secret in ["alicia", "alice@"] {
-        assert!(!logs.contains(secret), "payload in the logs: {logs}");
-        assert!(!diagnostic.error_message.contains(secret));
-    }
-}
-
-#[tokio::test]
 async fn a_message_of_the_wrong_shape_names_the_field_not_the_value() {
     let mut json = event_json("sns.json");
     let message = json["Records"][0]["Sns"]["Message"]
@@ -145,7 +112,7 @@ async fn a_message_of_the_wrong_shape_names_the_field_not_the_value() {
     json["Records"][0]["Sns"]["Message"] = Value::from(message);
     let recorder = Recorder::default();
 
-    let error = process(serde_json::from_value(json).expect("SNS event"), |e, n| {
+    let error = process(sns_batch(json), &Payloads::default(), |e, n| {
         recorder.handle(e, n)
     })
     .await
@@ -154,67 +121,13 @@ async fn a_message_of_the_wrong_shape_names_the_field_not_the_value() {
     let text = error.to_string();
     assert!(
         text.contains(
-            "public.users event (ChangeEvent<User>) does not match the message at `record.email`"
+            "public.users event (ChangeEvent<User>) does not match the JSON at `record.email`"
         ),
         "{text}"
     );
     assert!(!text.contains("alice@"), "{text}");
 }
 
-#[tokio::test]
-async fn handler_errors_fail_the_invocation_and_keep_their_kind() {
-    for (fail, retryable, error_type) in [
-        (
-            (|| HandlerError::retryable("orders API timed out")) as fn() -> HandlerError,
-            true,
-            "HandlerError.Retryable",
-        ),
-        (
-            || HandlerError::permanent("order total is negative"),
-            false,
-            "HandlerError.Permanent",
-        ),
-    ] {
-        let event = sns_event("sns-order-update.json");
-        let message_id = event.records[0].sns.message_id.clone();
-        let recorder = Recorder::failing(fail);
-
-        let error = process(event, |e, n| recorder.handle(e, n))
-            .await
-            .expect_err("fails");
-
-        assert!(
-            matches!(error, NotificationError::Handler { .. }),
-            "{error:?}"
-        );
-        assert_eq!(error.is_retryable(), retryable);
-        assert_eq!(recorder.calls().len(), 1);
-        let diagnostic = Diagnostic::from(error);
-        assert_eq!(diagnostic.error_type, error_type);
-        assert!(diagnostic
-            .error_message
-            .starts_with(&format!("SNS message {message_id}: handler failed: ")));
-    }
-}
-
-#[tokio::test]
-async fn several_records_run_in_order_and_stop_at_the_first_failure() {
-    let mut json = event_json("sns.json");
-    let records: Vec<Value> = ["sns.json", "sns-malformed.json", "sns-update.json"]
-        .iter()
-        .map(|name| event_json(name)["Records"][0].clone())
-        .collect();
-    json["Records"] = json!(records);
-    let recorder = Recorder::default();
-
-    let error = process(serde_json::from_value(json).expect("SNS event"), |e, n| {
-        recorder.handle(e, n)
-    })
-    .await
-    .expect_err("the second record fails");
-
-    assert!(matches!(error, NotificationError::Decode { .. }));
-    let calls = recorder.calls();
-    assert_eq!(calls.len(), 1, "the third record is not handled");
-    assert_eq!(calls[0].0.action(), Action::Insert);
+fn sns_batch(json: Value) -> SnsBatch {
+    serde_json::from_value(json).expect("SNS event")
 }

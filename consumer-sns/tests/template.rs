@@ -1,8 +1,10 @@
 //! The template's own handler, wired as in `main`.
 
-use consumer_sns::{function_handler, Clients, NotificationError};
+use consumer_sns::{function_handler, Clients};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
+use walcast_lambda::sns::NotificationError;
+use walcast_lambda::Payloads;
 
 use crate::support::{event_json, sns_event, FIXTURES};
 
@@ -17,20 +19,24 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
             .expect("key")
             .to_owned();
         let event = LambdaEvent {
-            payload,
+            payload: payload.into(),
             context: Context::default(),
         };
 
-        function_handler(event, &clients).await.expect(name);
+        function_handler(event, &clients, &Payloads::default())
+            .await
+            .expect(name);
 
         assert!(clients.processed.contains(&key), "{name}: {key} noted");
     }
     // A redelivery is acknowledged without doing the work again.
     let event = LambdaEvent {
-        payload: sns_event("sns.json"),
+        payload: sns_event("sns.json").into(),
         context: Context::default(),
     };
-    function_handler(event, &clients).await.expect("duplicate");
+    function_handler(event, &clients, &Payloads::default())
+        .await
+        .expect("duplicate");
 }
 
 #[tokio::test]
@@ -46,7 +52,7 @@ async fn the_template_handler_rejects_a_negative_order_total_for_good() {
         context: Context::default(),
     };
 
-    let error = function_handler(event, &Clients::new())
+    let error = function_handler(event, &Clients::new(), &Payloads::default())
         .await
         .expect_err("rejected");
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the Lambda test events in consumer-sqs/events/ and consumer-sns/events/.
+"""Writes the Lambda test events in consumer-sqs/events/ and consumer-sns/events/, and
+the AWS payload shapes the walcast-lambda library is tested with (lambda/events/).
 
 Bodies are what the streamer emits: compact JSON of a change event. The users
 events are the change-event crate's fixtures (change-event/fixtures/*.json),
@@ -21,6 +22,7 @@ import uuid
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SQS_DIR = ROOT / "consumer-sqs" / "events"
 SNS_DIR = ROOT / "consumer-sns" / "events"
+LAMBDA_DIR = ROOT / "lambda" / "events"
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -230,6 +232,108 @@ def sns_event(name: str) -> dict:
     }
 
 
+def shapes() -> dict:
+    """The payload shapes of AWS's docs and public reports, each with the change
+    events of the fixtures above; lambda/tests/shapes.rs says what each must do."""
+    out = {}
+
+    # A fair queue: a standard queue whose messages carry MessageGroupId. The
+    # issue's case: m1 (body "{") and m2 (valid) in group tenant-a.
+    fair = sqs_event(["truncated", "insert"], STANDARD_QUEUE, False)
+    for r in fair["Records"]:
+        r["body"] = "{" if r["body"] == TRUNCATED else r["body"]
+        r["md5OfBody"] = hashlib.md5(r["body"].encode()).hexdigest()
+        r["attributes"]["MessageGroupId"] = "tenant-a"
+    out["sqs-fair-queue-bad-record.json"] = fair
+
+    # "stringListValues": null in one record's attribute: the runtime's SqsEvent
+    # cannot read it, so only that record may fail.
+    nulls = sqs_event(["insert", "update", "delete"], STANDARD_QUEUE, False)
+    nulls["Records"][1]["messageAttributes"]["action"]["stringListValues"] = None
+    out["sqs-string-list-values-null.json"] = nulls
+
+    # A batching window (MaximumBatchingWindowInSeconds): fields AWS sends as null
+    # or leaves out, a record without messageAttributes at all, AWSTraceHeader.
+    window = sqs_event(["insert", "update", "order-insert"], STANDARD_QUEUE, False)
+    window["Records"][0]["md5OfMessageAttributes"] = None
+    window["Records"][0]["messageAttributes"] = {}
+    window["Records"][1]["messageAttributes"] = None
+    window["Records"][1]["attributes"]["AWSTraceHeader"] = "Root=1-65fc4f2a-0123456789abcdef01234567;Parent=1a2b3c4d5e6f7a8b;Sampled=0"
+    del window["Records"][2]["messageAttributes"]
+    del window["Records"][2]["md5OfMessageAttributes"]
+    out["sqs-batching-window-nulls.json"] = window
+
+    # Binary and Number attributes beside ours (another producer's, or a tracer's).
+    typed = sqs_event(["insert", "order-update"], STANDARD_QUEUE, False)
+    for r in typed["Records"]:
+        r["messageAttributes"]["trace"] = {"binaryValue": base64.b64encode(b"\x00\x01trace").decode(),
+                                           "stringListValues": [], "binaryListValues": [], "dataType": "Binary"}
+        r["messageAttributes"]["attempt"] = {"stringValue": "3", "stringListValues": [], "binaryListValues": [],
+                                             "dataType": "Number.int"}
+    out["sqs-binary-number-attributes.json"] = typed
+
+    # SNS -> SQS without raw delivery: envelopes signed (SignatureVersion 2) and
+    # unsigned (no Signature fields at all, as emulators and some proxies send).
+    signed = sqs_event(["insert", "update"], STANDARD_QUEUE, False, envelope=True)
+    envelope = json.loads(signed["Records"][0]["body"])
+    envelope["SignatureVersion"] = "2"
+    signed["Records"][0]["body"] = json.dumps(envelope, separators=(",", ":"))
+    unsigned = json.loads(signed["Records"][1]["body"])
+    for field in ["SignatureVersion", "Signature", "SigningCertURL", "UnsubscribeURL"]:
+        del unsigned[field]
+    unsigned["MessageAttributes"]["trace"] = {"Type": "Binary", "Value": base64.b64encode(b"trace").decode()}
+    signed["Records"][1]["body"] = json.dumps(unsigned, separators=(",", ":"))
+    for r in signed["Records"]:
+        r["md5OfBody"] = hashlib.md5(r["body"].encode()).hexdigest()
+    out["sqs-sns-envelopes-signed-unsigned.json"] = signed
+
+    # SNS FIFO topic -> SQS FIFO queue with raw delivery: the body is the event,
+    # SNS's message attributes are SQS message attributes, the group is kept.
+    out["sqs-sns-raw-delivery-fifo.json"] = sqs_event(["insert", "order-insert", "update"], FIFO_QUEUE, True)
+
+    # A cross-account subscription's confirmation, in the queue before any event.
+    confirmation = sqs_event(["insert", "insert"], STANDARD_QUEUE, False)
+    confirmation["Records"][0]["body"] = json.dumps({
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
+        "Token": "2336412f37fb687f5d51e6e2425dacbba1c6d3c7d5b4a8b9a0f1e2d3c4b5a69788",
+        "TopicArn": TOPIC,
+        "Message": f"You have chosen to subscribe to the topic {TOPIC}.\nTo confirm the subscription, visit the SubscribeURL included in this message.",
+        "SubscribeURL": f"https://sns.{REGION}.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=2336412f",
+        "Timestamp": "2024-03-21T15:29:00.000Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4VbeS0QHVCkhRS7fUQvi2egU3N858fiTDN6bkkOxYDVrY0Ad8L10Hs3zH81mtnPk5uvvolIC1CXGu43obcgFxeL3khZl8IKvO61GWB6jI9b5+gLPoBc1Q=",
+        "SigningCertURL": f"https://sns.{REGION}.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem",
+    }, separators=(",", ":"))
+    confirmation["Records"][0]["messageAttributes"] = {}
+    del confirmation["Records"][0]["md5OfMessageAttributes"]
+    out["sqs-subscription-confirmation.json"] = confirmation
+
+    # SNS -> Lambda: SignatureVersion 2, a Binary attribute, and a record whose
+    # Sns object lacks the fields the runtime's SnsEvent needs.
+    sns = sns_event("insert")
+    sns["Records"][0]["Sns"]["SignatureVersion"] = "2"
+    sns["Records"][0]["Sns"]["MessageAttributes"]["trace"] = {"Type": "Binary", "Value": base64.b64encode(b"trace").decode()}
+    out["sns-signature-v2-binary-attribute.json"] = sns
+    broken = sns_event("update")
+    for field in ["Signature", "SigningCertUrl", "Timestamp"]:
+        del broken["Records"][0]["Sns"][field]
+    out["sns-record-missing-fields.json"] = broken
+
+    # A body offloaded to S3, as the streamer and AWS's extended clients send it:
+    # the pointer (change-event/fixtures/pointer.json, compacted) and ExtendedPayloadSize.
+    pointer = sqs_event(["insert"], STANDARD_QUEUE, False)
+    r = pointer["Records"][0]
+    r["messageId"] = "5e0f4a4c-3a57-4bde-9b55-0c3f7c1b2a91"
+    r["body"] = compact((ROOT / "change-event" / "fixtures" / "pointer.json").read_text())
+    r["md5OfBody"] = hashlib.md5(r["body"].encode()).hexdigest()
+    r["messageAttributes"]["ExtendedPayloadSize"] = {"stringValue": "3145728", "stringListValues": [],
+                                                     "binaryListValues": [], "dataType": "Number"}
+    del r["md5OfMessageAttributes"]
+    out["sqs-extended-client-pointer.json"] = pointer
+    return out
+
+
 def write(path: pathlib.Path, event: dict) -> None:
     path.write_text(json.dumps(event, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
@@ -252,6 +356,9 @@ def main() -> None:
     for name in ["update", "delete", "read", "order-insert", "order-update"]:
         write(SNS_DIR / f"sns-{name}.json", sns_event(name))
     write(SNS_DIR / "sns-malformed.json", sns_event("truncated"))
+    LAMBDA_DIR.mkdir(exist_ok=True)
+    for name, event in shapes().items():
+        write(LAMBDA_DIR / name, event)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@
 use change_event::{Action, ChangeEvent, Row};
 use tracing::{info, warn};
 
-use crate::error::HandlerError;
-use crate::idempotency::ProcessedKeys;
-use crate::message::Message;
+use walcast_lambda::sqs::Message;
+use walcast_lambda::{HandlerError, ProcessedKeys};
+
 use crate::tables::{Order, TableEvent, User};
 
 /// Clients and state built once per execution environment, in `main`, and

@@ -4,9 +4,11 @@
 use std::num::NonZeroUsize;
 
 use anyhow::Context as _;
-use consumer_sqs::{function_handler, BatchConfig, Clients};
+use consumer_sqs::{function_handler, Clients};
 use lambda_runtime::{run, service_fn, Error};
 use tracing_subscriber::EnvFilter;
+use walcast_lambda::sqs::BatchConfig;
+use walcast_lambda::Payloads;
 
 /// Settings read from the environment, once, at cold start.
 struct Config {
@@ -36,7 +38,11 @@ impl Config {
         Ok(Self {
             log_json: var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
             log_filter,
-            batch: BatchConfig { concurrency },
+            batch: BatchConfig {
+                concurrency,
+                // S3 (for bodies offloaded there) is only set up when the first one arrives.
+                payloads: Payloads::from_environment(),
+            },
         })
     }
 }

@@ -2,9 +2,10 @@
 //! handler wired as in `main`.
 
 use change_event::Action;
-use consumer_sqs::{function_handler, BatchConfig, Clients, TableEvent};
+use consumer_sqs::{function_handler, Clients, TableEvent};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::Value;
+use walcast_lambda::sqs::{process, BatchConfig};
 
 use crate::support::{event_json, message_ids, reported, sqs_event, Recorder};
 
@@ -48,10 +49,9 @@ fn fixture_bodies_are_the_change_event_fixtures_compacted() {
 async fn every_action_decodes_into_its_table_type() {
     let event = sqs_event("sqs-standard.json");
     let recorder = Recorder::default();
-    let response =
-        consumer_sqs::process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
-            .await
-            .expect("batch answered");
+    let response = process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
+        .await
+        .expect("batch answered");
     assert!(response.batch_item_failures.is_empty());
 
     let mut calls = recorder.calls();
@@ -132,7 +132,7 @@ async fn message_details_reach_the_handler() {
     let event = sqs_event("sqs-fifo.json");
     let ids = message_ids(&event);
     let recorder = Recorder::default();
-    consumer_sqs::process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
+    process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
         .await
         .expect("batch answered");
 
@@ -160,10 +160,9 @@ async fn sns_envelopes_are_unwrapped() {
         .contains(r#""Type":"Notification""#));
     let recorder = Recorder::default();
 
-    let response =
-        consumer_sqs::process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
-            .await
-            .expect("batch answered");
+    let response = process(event, &BatchConfig::default(), |e, m| recorder.handle(e, m))
+        .await
+        .expect("batch answered");
 
     assert!(response.batch_item_failures.is_empty());
     let mut calls = recorder.calls();
@@ -218,7 +217,7 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
             })
             .collect();
         let event = LambdaEvent {
-            payload,
+            payload: payload.into(),
             context: Context::default(),
         };
 
@@ -248,7 +247,7 @@ async fn the_template_handler_sends_a_negative_order_total_to_the_dlq() {
     let payload = serde_json::from_value(json).expect("SQS event");
     let ids = message_ids(&payload);
     let event = LambdaEvent {
-        payload,
+        payload: payload.into(),
         context: Context::default(),
     };
 

@@ -1,11 +1,11 @@
 //! Integration tests, compiled as one binary.
 //!
-//! - `batch`: ordering and partial-failure semantics, with a recording handler.
 //! - `decoding`: typed decoding of every action, SNS envelopes, the real handler.
+//!   (The batch semantics, ordering and partial failures, are the library's:
+//!   `lambda/tests/`.)
 //! - `cargo_lambda`: both functions under `cargo lambda watch`, invoked over
 //!   the local Invoke API (needs cargo-lambda: `scripts/install-cargo-lambda.sh`).
 
-mod batch;
 mod cargo_lambda;
 mod decoding;
 mod support;

@@ -151,6 +151,23 @@ def check_sqs_path(c: dict, name: str, stack: dict) -> None:
               (m.get("BatchSize"), m.get("ScalingConfig")))
 
 
+def check_payload_bucket(c: dict, name: str, stack: dict) -> None:
+    bucket = stack["outputs"]["PayloadBucketName"]
+    check(f"{name}: payload bucket exists", physical(stack, "PayloadBucket") == bucket, bucket)
+    rules = c["s3"].get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    check(f"{name}: payload bucket encrypted (SSE-S3)",
+          [r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules] == ["AES256"], rules)
+    block = c["s3"].get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    check(f"{name}: payload bucket blocks public access", all(block.values()) and len(block) == 4, block)
+    # (MiniStack does not apply a bucket's LifecycleConfiguration from CloudFormation:
+    # GetBucketLifecycleConfiguration answers NoSuchLifecycleConfiguration; the expiry
+    # rule is checked on the translated template by test_template.py.)
+    policy = json.loads(c["s3"].get_bucket_policy(Bucket=bucket)["Policy"])
+    check(f"{name}: payload bucket is TLS-only",
+          any(st.get("Effect") == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+              for st in policy["Statement"]), policy)
+
+
 def check_sns_path(c: dict, name: str, stack: dict, filter_policy: dict) -> None:
     topic = stack["outputs"]["TopicArn"]
     attrs = c["sns"].get_topic_attributes(TopicArn=topic)["Attributes"]
@@ -204,12 +221,15 @@ def check_streamer(c: dict, name: str, stack: dict, secret_arn: str) -> None:
     doc = c["iam"].get_role_policy(RoleName=role, PolicyName="walcast-publisher")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     actions = sorted(a for s in doc["Statement"] for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
-    check(f"{name}: task role has exactly the six publish actions",
+    check(f"{name}: task role has exactly the six publish actions and s3:PutObject",
           actions == sorted(["sqs:SendMessage", "sqs:SendMessageBatch", "sqs:GetQueueAttributes",
-                             "sns:Publish", "sns:PublishBatch", "sns:GetTopicAttributes"]), actions)
+                             "sns:Publish", "sns:PublishBatch", "sns:GetTopicAttributes", "s3:PutObject"]),
+          actions)
     resources = sorted(str(s["Resource"]) for s in doc["Statement"])
-    check(f"{name}: ... on exactly the queue and the topic",
-          resources == sorted([stack["outputs"]["QueueArn"], stack["outputs"]["TopicArn"]]), resources)
+    bucket_objects = f"arn:aws:s3:::{stack['outputs']['PayloadBucketName']}/*"
+    check(f"{name}: ... on exactly the queue, the topic and the payload bucket's objects",
+          resources == sorted([stack["outputs"]["QueueArn"], stack["outputs"]["TopicArn"], bucket_objects]),
+          resources)
     cluster = stack["outputs"]["StreamerClusterName"]
     services = c["ecs"].describe_services(cluster=cluster, services=[stack["outputs"]["StreamerServiceName"]])["services"]
     check(f"{name}: one ECS service", len(services) == 1, services)
@@ -296,6 +316,7 @@ def main(endpoint: str) -> int:
     check("walcast-defaults: DLQ and Errors alarms", {"DeadLetterQueueAlarm", "ConsumerSqsErrorsAlarm"}
           <= set(stack["resources"]), sorted(stack["resources"]))
     guarded("walcast-defaults: SQS path", check_sqs_path, c, "walcast-defaults", stack)
+    guarded("walcast-defaults: payload bucket", check_payload_bucket, c, "walcast-defaults", stack)
     guarded("walcast-defaults: dashboard", check_dashboard, c, "walcast-defaults", stack)
 
     print("== stack walcast-all (DeliveryPath=Both, filter policy, lag alarm, ECS streamer)")

@@ -50,7 +50,9 @@ CONFIG_KEYS = {
 }
 CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
-}
+} | {"WALCAST_SINK_S3_BUCKET"}  # sink.s3.bucket: a key of a mapping inside sink
+# The payload bucket's objects: what the publisher may put and the functions may get.
+PAYLOAD_OBJECTS = json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/*"}, sort_keys=True)
 STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
 STREAMER_OPS_RS = REPO / "streamer" / "src" / "ops.rs"
 GRAFANA_DASHBOARD = INFRA / "grafana" / "walcast.json"
@@ -347,7 +349,7 @@ def expected_publisher_grants(path: str) -> set[tuple[str, str]]:
         want |= {(a, queue) for a in SQS_PUBLISH}
     if path in ("SNS", "Both"):
         want |= {(a, topic) for a in SNS_PUBLISH}
-    return want
+    return want | {("s3:PutObject", PAYLOAD_OBJECTS)}
 
 
 def all_scenarios():
@@ -511,6 +513,45 @@ class SamSourceTest(unittest.TestCase):
             for skip in res.get("Metadata", {}).get("checkov", {}).get("skip", []):
                 self.assertRegex(skip["id"], r"^CKV2?_AWS_\d+$", lid)
                 self.assertGreater(len(skip.get("comment", "")), 40, f"{lid} {skip['id']} needs a reason")
+
+
+class PayloadBucketTest(unittest.TestCase):
+    """The bucket large events go through (sink.s3.bucket; docs/change-event.md)."""
+
+    def test_bucket_is_encrypted_private_expiring_and_tls_only(self):
+        for path in PATHS:
+            eff = Effective(DeliveryPath=path)
+            bucket = eff.props("PayloadBucket")
+            (rule,) = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            self.assertIn(rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"], ("AES256", "aws:kms"))
+            block = bucket["PublicAccessBlockConfiguration"]
+            for flag in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"):
+                self.assertIs(block[flag], True, flag)
+            (expiry,) = [r for r in bucket["LifecycleConfiguration"]["Rules"] if "ExpirationInDays" in r]
+            self.assertEqual(expiry["Status"], "Enabled")
+            # Longer than any queue keeps a pointer (the DLQs: 14 days).
+            self.assertGreaterEqual(int(expiry["ExpirationInDays"]), 15)
+            policy = eff.props("PayloadBucketPolicy")
+            self.assertEqual(policy["Bucket"], {"Ref": "PayloadBucket"})
+            (deny,) = statements(policy["PolicyDocument"])
+            self.assertEqual(deny["Effect"], "Deny")
+            self.assertEqual(deny["Condition"], {"Bool": {"aws:SecureTransport": "false"}})
+            self.assertEqual(deny["Action"], "s3:*")
+            self.assertEqual(len(deny["Resource"]), 2, "the bucket and its objects")
+            self.assertEqual(eff.outputs["PayloadBucketName"]["Value"], {"Ref": "PayloadBucket"})
+
+    def test_functions_may_only_get_objects_of_the_bucket(self):
+        eff = Effective(DeliveryPath="Both")
+        for role in ("ConsumerSqsFunctionRole", "ConsumerSnsFunctionRole"):
+            pairs = set().union(*(grants(p["PolicyDocument"]) for p in eff.props(role)["Policies"]))
+            s3 = {(a, r) for a, r in pairs if a.startswith("s3:")}
+            self.assertEqual(s3, {("s3:GetObject", PAYLOAD_OBJECTS)}, role)
+
+    def test_the_ecs_streamer_is_told_the_bucket(self):
+        eff = Effective(DeliveryPath="SQS", **STREAMER)
+        (container,) = eff.props("StreamerTaskDefinition")["ContainerDefinitions"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        self.assertEqual(env["WALCAST_SINK_S3_BUCKET"], {"Ref": "PayloadBucket"})
 
 
 class PublisherIdentityTest(unittest.TestCase):

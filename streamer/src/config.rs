@@ -198,6 +198,25 @@ pub struct SinkConfig {
     /// jq expression whose output is the message body.
     #[serde(default)]
     pub transform: Option<String>,
+    /// Large events through S3 (the format of AWS's extended client libraries).
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// `sink.s3:` events over the destination's limit (or `threshold_bytes`) are put
+/// in this bucket, and the message carries the extended clients' pointer to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket (template.yaml's PayloadBucketName output).
+    pub bucket: String,
+    /// Prefix of the object keys (`[a-zA-Z0-9./_-]`, as the extended clients allow).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Also offload messages over this many bytes (body and attributes, as AWS
+    /// counts them); unset: only those over the destination's limit.
+    #[serde(default)]
+    pub threshold_bytes: Option<usize>,
 }
 
 fn default_drain_timeout() -> u64 {
@@ -222,6 +241,7 @@ impl Default for SinkConfig {
             drain_timeout_secs: default_drain_timeout(),
             filter: None,
             transform: None,
+            s3: None,
         }
     }
 }
@@ -306,7 +326,8 @@ enum Kind {
     Bool,
 }
 
-/// Environment variables that override keys: (variable, section, key, kind).
+/// Environment variables that override keys: (variable, section, key, kind); a
+/// section `a.b` is the mapping `b` inside `a`.
 const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ("WALCAST_SOURCE_URL", "source", "url", Kind::Text),
     ("WALCAST_SOURCE_SLOT", "source", "slot", Kind::Text),
@@ -371,6 +392,19 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ),
     ("WALCAST_SINK_FILTER", "sink", "filter", Kind::Text),
     ("WALCAST_SINK_TRANSFORM", "sink", "transform", Kind::Text),
+    ("WALCAST_SINK_S3_BUCKET", "sink.s3", "bucket", Kind::Text),
+    (
+        "WALCAST_SINK_S3_KEY_PREFIX",
+        "sink.s3",
+        "key_prefix",
+        Kind::Text,
+    ),
+    (
+        "WALCAST_SINK_S3_THRESHOLD_BYTES",
+        "sink.s3",
+        "threshold_bytes",
+        Kind::Number,
+    ),
     (
         "WALCAST_BACKFILL_INITIAL",
         "backfill",
@@ -418,15 +452,19 @@ impl Config {
             .collect();
         for (var, section, key, kind) in ENV_KEYS {
             let Some(value) = env.get(*var) else { continue };
-            let serde_norway::Value::Mapping(map) = &mut root else {
+            let serde_norway::Value::Mapping(top) = &mut root else {
                 return Err(ConfigError::Parse("the top level must be a mapping".into()));
             };
-            let entry = map
-                .entry(serde_norway::Value::from(*section))
-                .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
-            let serde_norway::Value::Mapping(sec) = entry else {
-                return Err(ConfigError::Parse(format!("`{section}` must be a mapping")));
-            };
+            let mut sec = top;
+            for part in section.split('.') {
+                let entry = sec
+                    .entry(serde_norway::Value::from(part))
+                    .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
+                let serde_norway::Value::Mapping(inner) = entry else {
+                    return Err(ConfigError::Parse(format!("`{section}` must be a mapping")));
+                };
+                sec = inner;
+            }
             let v = match kind {
                 Kind::List => serde_norway::Value::Sequence(
                     value
@@ -568,6 +606,41 @@ impl Config {
                 if let Some(problem) = problem {
                     return Err(field("sink.dead_letter_queue_url", problem));
                 }
+            }
+        }
+        if let Some(s3) = &self.sink.s3 {
+            if self.sink.kind == SinkType::Stdout {
+                return Err(field("sink.s3", "only for sink.type sqs or sns"));
+            }
+            let b = &s3.bucket;
+            let bucket_ok = (3..=63).contains(&b.len())
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                })
+                && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !bucket_ok {
+                return Err(field(
+                    "sink.s3.bucket",
+                    format!("`{b}` is not an S3 bucket name (3-63 of a-z 0-9 . -)"),
+                ));
+            }
+            let p = &s3.key_prefix;
+            if p.len() > 900
+                || !p
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"./_-".contains(&c))
+            {
+                return Err(field(
+                    "sink.s3.key_prefix",
+                    "up to 900 of a-z A-Z 0-9 . / _ - (what AWS's extended clients accept)",
+                ));
+            }
+            if s3.threshold_bytes == Some(0) {
+                return Err(field(
+                    "sink.s3.threshold_bytes",
+                    "at least 1 (unset: only events over the destination's limit)",
+                ));
             }
         }
         if self.sink.access_key_id.is_some() != self.sink.secret_access_key.is_some() {
@@ -883,6 +956,51 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn s3_from_yaml_and_env_and_checked() {
+        let base = "source: {url: 'postgres://u@h/d'}\nsink: {type: sqs, queue_url: 'https://sqs.eu-west-1.amazonaws.com/1/q'";
+        let c = Config::load(
+            Some(&format!("{base}, s3: {{bucket: my-bucket}}}}")),
+            env(&[
+                ("WALCAST_SINK_S3_KEY_PREFIX", "walcast/"),
+                ("WALCAST_SINK_S3_THRESHOLD_BYTES", "100000"),
+            ]),
+        )
+        .expect("valid");
+        let s3 = c.sink.s3.expect("sink.s3");
+        assert_eq!(
+            (
+                s3.bucket.as_str(),
+                s3.key_prefix.as_str(),
+                s3.threshold_bytes
+            ),
+            ("my-bucket", "walcast/", Some(100_000))
+        );
+        let from_env = Config::load(
+            Some(&format!("{base}}}")),
+            env(&[("WALCAST_SINK_S3_BUCKET", "env-bucket")]),
+        )
+        .expect("valid from the environment alone");
+        assert_eq!(from_env.sink.s3.expect("sink.s3").bucket, "env-bucket");
+        let bad = |s3: &str| {
+            Config::load(Some(&format!("{base}, s3: {s3}}}")), Vec::new())
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(bad("{bucket: My_Bucket}").contains("sink.s3.bucket: `My_Bucket` is not"));
+        assert!(bad("{bucket: b-1, key_prefix: 'a b'}").contains("sink.s3.key_prefix"));
+        assert!(bad("{bucket: b-1, threshold_bytes: 0}").contains("sink.s3.threshold_bytes"));
+        assert!(bad("{bucket: b-1, size: 3}").contains("unknown field `size`"));
+        let stdout = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsink: {s3: {bucket: b-1}}"),
+            Vec::new(),
+        );
+        assert!(stdout
+            .expect_err("refused")
+            .to_string()
+            .contains("sink.s3: only for"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::WAIT;
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -30,8 +30,8 @@ fn unique(prefix: &str) -> String {
 }
 
 /// The pipeline in this process with the SQS or SNS sink.
-struct AwsRun {
-    tracker: Tracker,
+pub(crate) struct AwsRun {
+    pub(crate) tracker: Tracker,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<Stopped, PipelineError>>,
     driver: JoinHandle<()>,
@@ -44,7 +44,7 @@ impl Drop for AwsRun {
 }
 
 impl AwsRun {
-    async fn start(db: &TestDb, extra_yaml: &str) -> AwsRun {
+    pub(crate) async fn start(db: &TestDb, extra_yaml: &str) -> AwsRun {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = Arc::new(
             Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
@@ -83,7 +83,7 @@ impl AwsRun {
         }
     }
 
-    async fn stop(mut self) -> Stopped {
+    pub(crate) async fn stop(mut self) -> Stopped {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -95,7 +95,7 @@ impl AwsRun {
     }
 }
 
-async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+pub(crate) async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
     let mut req = sqs.create_queue().queue_name(name);
     if name.ends_with(".fifo") {
         req = req.attributes(QueueAttributeName::FifoQueue, "true");
@@ -121,9 +121,9 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String)
 }
 
 /// A received message: body and String attributes.
-struct Received {
-    body: String,
-    attributes: HashMap<String, String>,
+pub(crate) struct Received {
+    pub(crate) body: String,
+    pub(crate) attributes: HashMap<String, String>,
 }
 
 impl Received {
@@ -133,7 +133,7 @@ impl Received {
 }
 
 /// Receives (and deletes) until `n` messages arrived; then checks that no more come.
-async fn receive(sqs: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<Received> {
+pub(crate) async fn receive(sqs: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<Received> {
     receive_until(sqs, url, n, true).await
 }
 
@@ -342,8 +342,13 @@ async fn standard_queue_gets_every_change_with_attributes() {
     db.drop_db().await;
 }
 
-async fn sns_to_sqs(fifo: bool) {
-    let emu = Emulator::get();
+/// A topic (FIFO or not) with a queue subscribed to it, with or without raw
+/// message delivery: (topic ARN, queue URL, queue ARN).
+pub(crate) async fn topic_with_queue(
+    emu: &Emulator,
+    fifo: bool,
+    raw: bool,
+) -> (String, String, String) {
     let (sqs, sns) = (emu.sqs(), emu.sns());
     let suffix = if fifo { ".fifo" } else { "" };
     let name = unique("topic");
@@ -363,10 +368,17 @@ async fn sns_to_sqs(fifo: bool) {
         .topic_arn(&arn)
         .protocol("sqs")
         .endpoint(&qarn)
-        .attributes("RawMessageDelivery", "true")
+        .attributes("RawMessageDelivery", raw.to_string())
         .send()
         .await
         .expect("subscribe");
+    (arn, url, qarn)
+}
+
+async fn sns_to_sqs(fifo: bool) {
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (arn, url, _) = topic_with_queue(emu, fifo, true).await;
     let db = TestDb::new("aws_sns").await;
     db.exec("CREATE TABLE n (id int PRIMARY KEY, v int)").await;
     let run = AwsRun::start(

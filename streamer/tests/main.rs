@@ -21,6 +21,7 @@ mod aws;
 mod backfill_tests;
 mod binary;
 mod faults;
+mod large;
 mod shaping;
 mod streaming;
 mod tls;

@@ -1,12 +1,12 @@
 //! Fixtures and a handler that records what it was given.
 
-use std::cell::RefCell;
-use std::io::Write;
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 use aws_lambda_events::sns::SnsEvent;
-use consumer_sns::{HandlerError, Notification, TableEvent};
+use consumer_sns::TableEvent;
 use serde_json::Value;
+use walcast_lambda::sns::Notification;
+use walcast_lambda::HandlerError;
 
 /// A fixture from `events/` as JSON, to edit before use.
 pub fn event_json(name: &str) -> Value {
@@ -30,79 +30,23 @@ pub const FIXTURES: [(&str, &str, &str); 6] = [
     ("sns-order-update.json", "orders", "update"),
 ];
 
-/// A handler that records every call and fails as told.
+/// A handler that records every call.
 #[derive(Default)]
 pub struct Recorder {
     calls: Mutex<Vec<(TableEvent, Notification)>>,
-    pub fail: Option<fn() -> HandlerError>,
 }
 
 impl Recorder {
-    pub fn failing(fail: fn() -> HandlerError) -> Self {
-        Self {
-            fail: Some(fail),
-            ..Self::default()
-        }
-    }
-
     pub async fn handle(
         &self,
         event: TableEvent,
         notification: Notification,
     ) -> Result<(), HandlerError> {
         self.calls.lock().expect("lock").push((event, notification));
-        match self.fail {
-            None => Ok(()),
-            Some(error) => Err(error()),
-        }
+        Ok(())
     }
 
     pub fn calls(&self) -> Vec<(TableEvent, Notification)> {
         self.calls.lock().expect("lock").clone()
-    }
-}
-
-thread_local! {
-    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The log lines this test thread writes (`#[tokio::test]` runs the test
-/// on its own thread, with a current-thread runtime).
-///
-/// One global subscriber writes every thread's logs to that thread's buffer.
-/// A subscriber per test (`set_default`) would be simpler but is flaky: tracing
-/// caches each callsite's interest, and tests on other threads race with it.
-pub struct Logs;
-
-impl Logs {
-    /// Starts capturing: clears this thread's buffer.
-    pub fn capture() -> Self {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            tracing_subscriber::fmt()
-                .with_writer(|| ThreadBuffer)
-                .with_ansi(false)
-                .with_max_level(tracing::Level::TRACE)
-                .init();
-        });
-        CAPTURED.with(|buffer| buffer.borrow_mut().clear());
-        Self
-    }
-
-    pub fn text(&self) -> String {
-        CAPTURED.with(|buffer| String::from_utf8_lossy(&buffer.borrow()).into_owned())
-    }
-}
-
-struct ThreadBuffer;
-
-impl Write for ThreadBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURED.with(|buffer| buffer.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

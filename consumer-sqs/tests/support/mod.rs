@@ -1,14 +1,13 @@
 //! Fixtures and a handler that records what it was given.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use consumer_sqs::{HandlerError, Message, TableEvent};
+use consumer_sqs::TableEvent;
 use serde_json::Value;
+use walcast_lambda::sqs::Message;
+use walcast_lambda::HandlerError;
 
 /// Path of a file in `events/`.
 pub fn event_path(name: &str) -> PathBuf {
@@ -46,97 +45,20 @@ pub fn reported(response: &SqsBatchResponse) -> Vec<String> {
         .collect()
 }
 
-/// What the recording handler should do for a message id.
-#[derive(Clone, Copy, Debug)]
-pub enum Outcome {
-    Retryable,
-    Permanent,
-}
-
-/// A handler that records every call, in order, and fails where told.
+/// A handler that records every call. (The library's tests fail records on
+/// purpose: `lambda/tests/support`.)
 #[derive(Default)]
 pub struct Recorder {
     calls: Mutex<Vec<(TableEvent, Message)>>,
-    fail: HashMap<String, Outcome>,
 }
 
 impl Recorder {
-    pub fn failing(fail: impl IntoIterator<Item = (String, Outcome)>) -> Self {
-        Self {
-            calls: Mutex::default(),
-            fail: fail.into_iter().collect(),
-        }
-    }
-
     pub async fn handle(&self, event: TableEvent, message: Message) -> Result<(), HandlerError> {
-        // Let other lanes run in between, as real I/O would.
-        tokio::task::yield_now().await;
-        let outcome = self.fail.get(&message.message_id).copied();
         self.calls.lock().expect("lock").push((event, message));
-        tokio::task::yield_now().await;
-        match outcome {
-            None => Ok(()),
-            Some(Outcome::Retryable) => Err(HandlerError::retryable("downstream timed out")),
-            Some(Outcome::Permanent) => Err(HandlerError::permanent("row rejected")),
-        }
-    }
-
-    /// Message ids of the calls, in call order.
-    pub fn order(&self) -> Vec<String> {
-        self.calls
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(_, m)| m.message_id.clone())
-            .collect()
+        Ok(())
     }
 
     pub fn calls(&self) -> Vec<(TableEvent, Message)> {
         self.calls.lock().expect("lock").clone()
-    }
-}
-
-thread_local! {
-    static CAPTURED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The log lines this test thread writes (`#[tokio::test]` runs the test
-/// on its own thread, with a current-thread runtime).
-///
-/// One global subscriber writes every thread's logs to that thread's buffer.
-/// A subscriber per test (`set_default`) would be simpler but is flaky: tracing
-/// caches each callsite's interest, and tests on other threads race with it.
-pub struct Logs;
-
-impl Logs {
-    /// Starts capturing: clears this thread's buffer.
-    pub fn capture() -> Self {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            tracing_subscriber::fmt()
-                .with_writer(|| ThreadBuffer)
-                .with_ansi(false)
-                .with_max_level(tracing::Level::TRACE)
-                .init();
-        });
-        CAPTURED.with(|buffer| buffer.borrow_mut().clear());
-        Self
-    }
-
-    pub fn text(&self) -> String {
-        CAPTURED.with(|buffer| String::from_utf8_lossy(&buffer.borrow()).into_owned())
-    }
-}
-
-struct ThreadBuffer;
-
-impl Write for ThreadBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        CAPTURED.with(|buffer| buffer.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

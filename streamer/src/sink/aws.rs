@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::fault::{classify, Disposition, Fault, Refusal};
+use super::s3::PayloadStore;
 use super::{Failure, Sink, SinkError};
 use crate::backoff;
 use crate::event::Event;
@@ -66,16 +67,26 @@ struct Message {
     event: Arc<Event>,
     /// A body replacing the event's payload (dead-letter envelope).
     body: Option<String>,
+    /// The event's payload is in S3: the pointer body, and the payload's size
+    /// (the `ExtendedPayloadSize` attribute).
+    pointer: Option<(String, usize)>,
 }
 
 impl Message {
     fn new(event: Arc<Event>) -> Message {
-        Message { event, body: None }
+        Message {
+            event,
+            body: None,
+            pointer: None,
+        }
     }
 
     /// The message body.
     fn body(&self) -> &str {
-        self.body.as_deref().unwrap_or(&self.event.payload)
+        match (&self.body, &self.pointer) {
+            (Some(body), _) | (None, Some((body, _))) => body,
+            (None, None) => &self.event.payload,
+        }
     }
 
     /// The message attributes (`action`, `table_schema`, `table_name`), with any
@@ -90,7 +101,11 @@ impl Message {
 
     /// Size as SQS and SNS count it: body plus attribute names, types and values.
     fn size(&self) -> usize {
+        let pointer = self.pointer.as_ref().map_or(0, |(_, bytes)| {
+            change_event::SIZE_ATTRIBUTE.len() + "Number".len() + bytes.to_string().len()
+        });
         self.body().len()
+            + pointer
             + self
                 .attributes()
                 .iter()
@@ -106,6 +121,7 @@ impl Message {
             attributes: self.attributes(),
             group_id: fifo.then_some(self.event.group_id.as_str()),
             deduplication_id: fifo.then(|| self.event.deduplication_id()),
+            payload_size: self.pointer.as_ref().map(|(_, bytes)| *bytes),
         }
     }
 }
@@ -135,6 +151,9 @@ pub struct Entry<'a> {
     /// `MessageDeduplicationId` (the event's idempotency key, hashed when over 128
     /// characters: [`Event::deduplication_id`]), for a FIFO destination.
     pub deduplication_id: Option<Cow<'a, str>>,
+    /// The body is an S3 pointer to a payload of this many bytes: the Number
+    /// attribute `ExtendedPayloadSize` ([`change_event::SIZE_ATTRIBUTE`]).
+    pub payload_size: Option<usize>,
 }
 
 /// One batch call as both SDKs make it: each [`Entry`] mapped onto the
@@ -161,6 +180,14 @@ macro_rules! send_batch {
                         .build()
                         .map_err(Fault::construction)?;
                     r = r.message_attributes(*name, value);
+                }
+                if let Some(bytes) = e.payload_size {
+                    let value = $value::builder()
+                        .data_type("Number")
+                        .string_value(bytes.to_string())
+                        .build()
+                        .map_err(Fault::construction)?;
+                    r = r.message_attributes(change_event::SIZE_ATTRIBUTE, value);
                 }
                 r.build().map_err(Fault::construction)
             })
@@ -219,6 +246,7 @@ pub trait Destination: Send + Sync + 'static {
 struct Shared<D, L> {
     dest: D,
     dead_letter: Option<L>,
+    offload: Option<PayloadStore>,
     tracker: Tracker,
     permits: Arc<Semaphore>,
 }
@@ -236,10 +264,12 @@ pub struct AwsSink {
 
 impl AwsSink {
     /// Starts the delivery worker on the current runtime. `dead_letter` receives
-    /// messages the destination refuses for good.
+    /// messages the destination refuses for good; `offload` takes the bodies of
+    /// messages too large for the destination (or over its threshold).
     pub fn start<D: Destination, L: Destination>(
         dest: D,
         dead_letter: Option<L>,
+        offload: Option<PayloadStore>,
         tracker: Tracker,
     ) -> AwsSink {
         let permits = Arc::new(Semaphore::new(MAX_HELD_KIB));
@@ -248,6 +278,7 @@ impl AwsSink {
         let shared = Arc::new(Shared {
             dest,
             dead_letter,
+            offload,
             tracker,
             permits: Arc::clone(&permits),
         });
@@ -417,6 +448,13 @@ async fn deliver<D: Destination, L: Destination>(
     let limit = s.dest.max_bytes();
     let mut pending = Vec::with_capacity(batch.len());
     for m in batch {
+        let m = match &s.offload {
+            Some(store) if store.wants(m.size(), limit) => match offload(s, store, m).await? {
+                Some(m) => m,
+                None => continue,
+            },
+            _ => m,
+        };
         let bytes = m.size();
         if bytes > limit {
             reject(s, &m.event, Refusal::TooLarge { bytes, limit }).await?;
@@ -524,6 +562,60 @@ async fn deliver<D: Destination, L: Destination>(
     Ok(keys)
 }
 
+/// Puts the event's payload in S3 and returns the message with the pointer
+/// instead, retrying transient faults like a send (the group waits meanwhile).
+/// `None`: S3 refused the object for good and the event went the way of a
+/// refused message (dead-lettered). An unusable bucket stops the sink.
+async fn offload<D: Destination, L: Destination>(
+    s: &Shared<D, L>,
+    store: &PayloadStore,
+    m: Message,
+) -> Result<Option<Message>, SinkError> {
+    let payload = m.event.payload.as_str();
+    let pointer = store.pointer(payload);
+    let mut attempt = 0u32;
+    loop {
+        let Err(fault) = store.put(&pointer, payload).await else {
+            break;
+        };
+        match classify(&fault) {
+            Disposition::Retry => {}
+            Disposition::RejectMessage => {
+                reject(s, &m.event, Refusal::Fault(fault)).await?;
+                return Ok(None);
+            }
+            Disposition::Fatal => {
+                return Err(SinkError::Unusable {
+                    destination: format!("sink.s3.bucket {}", store.name()),
+                    fault: Box::new(fault),
+                })
+            }
+        }
+        attempt += 1;
+        let delay = backoff::DELIVERY.delay(attempt);
+        tracing::warn!(
+            bucket = %store.name(),
+            code = fault.code().unwrap_or("none"),
+            error = %fault,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            "upload to S3 failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    tracing::debug!(
+        table = %m.event.table.qualified,
+        idempotency_key = %m.event.idempotency_key,
+        bytes = payload.len(),
+        key = %pointer.key,
+        "event sent through S3"
+    );
+    Ok(Some(Message {
+        pointer: Some((pointer.to_body(), payload.len())),
+        ..m
+    }))
+}
+
 /// A message refused for good: to the dead-letter queue (retrying what is
 /// transient there too), or the reason the sink stops.
 async fn reject<D: Destination, L: Destination>(
@@ -598,6 +690,7 @@ fn envelope(event: &Arc<Event>, reason: &str, limit: usize) -> Message {
     let mut m = Message {
         event: Arc::clone(event),
         body: Some(body),
+        pointer: None,
     };
     if m.size() > limit {
         let b = m.body.get_or_insert_with(String::new);
@@ -724,7 +817,7 @@ mod tests {
         events: Vec<Event>,
     ) -> Tracker {
         let tracker = Tracker::new(0);
-        let mut sink = AwsSink::start(Arc::clone(script), dlq, tracker.clone());
+        let mut sink = AwsSink::start(Arc::clone(script), dlq, None, tracker.clone());
         for e in events {
             assert_eq!(tracker.register(), e.seq);
             sink.send(e).await.expect("send");
@@ -740,7 +833,7 @@ mod tests {
     /// Sends events until the sink fails; returns its error.
     async fn failure(script: &Arc<Script>, dlq: Option<Arc<Script>>) -> SinkError {
         let tracker = Tracker::new(0);
-        let mut sink = AwsSink::start(Arc::clone(script), dlq, tracker.clone());
+        let mut sink = AwsSink::start(Arc::clone(script), dlq, None, tracker.clone());
         for i in 0..200 {
             tracker.register();
             if let Err(e) = sink.send(event(i, "g", 10)).await {
@@ -887,7 +980,12 @@ mod tests {
     async fn close_delivers_what_the_sink_holds_then_refuses_more() {
         let script = Arc::new(Script::default());
         let tracker = Tracker::new(0);
-        let mut sink = AwsSink::start(Arc::clone(&script), None::<Arc<Script>>, tracker.clone());
+        let mut sink = AwsSink::start(
+            Arc::clone(&script),
+            None::<Arc<Script>>,
+            None,
+            tracker.clone(),
+        );
         for i in 0..25 {
             tracker.register();
             sink.send(event(i, &format!("g{}", i % 2), 10))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::aws::{Destination, Entry};
 use super::fault::{Cause, Fault};
-use super::{AwsSink, SinkError, SnsTopic, SqsQueue};
+use super::{AwsSink, PayloadStore, SinkError, SnsTopic, SqsQueue};
 use crate::config::{dead_letter_fifo_problem, SinkConfig, SinkType};
 use crate::progress::Tracker;
 
@@ -152,7 +152,7 @@ fn region_of(url_or_arn: &str) -> Option<String> {
 /// The AWS configuration for one destination: region (configured, else from the
 /// URL/ARN, else `us-east-1` with an endpoint override), credentials (static
 /// keys from the config, else the default chain), no SDK retries (ours decide).
-async fn sdk_config(
+pub(super) async fn sdk_config(
     sink: &SinkConfig,
     url_or_arn: &str,
 ) -> Result<aws_config::SdkConfig, SinkError> {
@@ -204,6 +204,7 @@ enum Main {
 pub struct Destinations {
     main: Main,
     dead_letter: Option<SqsQueue>,
+    offload: Option<PayloadStore>,
     kind: SinkType,
 }
 
@@ -217,16 +218,21 @@ impl Destinations {
                 reason: "required for this sink.type".into(),
             })
         };
-        let main = match sink.kind {
+        let (main, name) = match sink.kind {
             SinkType::Stdout => return Ok(None),
             SinkType::Sqs => {
                 let url = required("sink.queue_url", &sink.queue_url)?;
-                Main::Queue(SqsQueue::connect(sink, "sink.queue_url", &url).await?)
+                let queue = SqsQueue::connect(sink, "sink.queue_url", &url).await?;
+                (Main::Queue(queue), url)
             }
             SinkType::Sns => {
                 let arn = required("sink.topic_arn", &sink.topic_arn)?;
-                Main::Topic(SnsTopic::connect(sink, &arn).await?)
+                (Main::Topic(SnsTopic::connect(sink, &arn).await?), arn)
             }
+        };
+        let offload = match &sink.s3 {
+            Some(s3) => Some(PayloadStore::connect(sink, s3, &name).await?),
+            None => None,
         };
         let dead_letter = match &sink.dead_letter_queue_url {
             Some(url) => Some(SqsQueue::connect(sink, "sink.dead_letter_queue_url", url).await?),
@@ -235,14 +241,16 @@ impl Destinations {
         Ok(Some(Destinations {
             main,
             dead_letter,
+            offload,
             kind: sink.kind,
         }))
     }
 
     /// Checks every destination (one AWS call each): it exists, the
     /// credentials work, it is FIFO as its name says, and the dead-letter
-    /// queue's FIFO-ness matches the queue's or topic's. One result each:
-    /// what was found, or the failure naming the setting.
+    /// queue's FIFO-ness matches the queue's or topic's; with `sink.s3`, the
+    /// bucket takes a small probe object (`PutObject`, the publisher's one S3
+    /// permission). One result each: what was found, or the failure naming the setting.
     pub async fn check(&self) -> Vec<Result<String, SinkError>> {
         let (main, main_fifo) = match &self.main {
             Main::Queue(q) => (q.check().await, q.target().fifo),
@@ -261,6 +269,9 @@ impl Destinations {
             });
             out.push(checked);
         }
+        if let Some(store) = &self.offload {
+            out.push(store.check().await);
+        }
         out
     }
 
@@ -276,8 +287,8 @@ impl Destinations {
     /// Starts the sink on the current runtime.
     pub fn start(self, tracker: Tracker) -> AwsSink {
         match self.main {
-            Main::Queue(q) => AwsSink::start(q, self.dead_letter, tracker),
-            Main::Topic(t) => AwsSink::start(t, self.dead_letter, tracker),
+            Main::Queue(q) => AwsSink::start(q, self.dead_letter, self.offload, tracker),
+            Main::Topic(t) => AwsSink::start(t, self.dead_letter, self.offload, tracker),
         }
     }
 }

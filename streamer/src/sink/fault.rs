@@ -125,7 +125,12 @@ impl Fault {
             ])
         {
             Cause::Transient
-        } else if any(&["nonexistentqueue", "queuedoesnotexist", "notfound"]) {
+        } else if any(&[
+            "nonexistentqueue",
+            "queuedoesnotexist",
+            "notfound",
+            "nosuchbucket",
+        ]) {
             Cause::Missing
         } else if any(&[
             "invalidclienttokenid",
@@ -256,9 +261,11 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::TooLarge { bytes, limit } => {
-                write!(f, "message of {bytes} bytes is over the {limit} byte limit")
-            }
+            Refusal::TooLarge { bytes, limit } => write!(
+                f,
+                "message of {bytes} bytes is over the {limit} byte limit (set sink.s3.bucket to \
+                 send such events through S3)"
+            ),
             Refusal::Fault(fault) => fault.fmt(f),
         }
     }
@@ -344,7 +351,8 @@ mod tests {
         };
         assert_eq!(
             too_large.to_string(),
-            "message of 2000 bytes is over the 1000 byte limit"
+            "message of 2000 bytes is over the 1000 byte limit (set sink.s3.bucket to send \
+             such events through S3)"
         );
     }
 }

@@ -5,7 +5,8 @@
 //!   (batching, order per group, retries, dead-lettering); the services
 //!   ([`SqsQueue`], [`SnsTopic`]) only map a batch onto their API.
 //!   [`Destinations`] connects and checks what the configuration names,
-//!   before anything else happens.
+//!   before anything else happens. Events too large for the destination go
+//!   through S3 ([`PayloadStore`]) when `sink.s3` is set.
 //! - [`StdoutSink`]: one JSON line per event, written on a thread of its own.
 //! - [`MemorySink`]: keeps events in memory (tests).
 
@@ -13,6 +14,7 @@ mod aws;
 mod destinations;
 mod fault;
 mod memory;
+mod s3;
 mod sns;
 mod sqs;
 mod stdout;
@@ -21,6 +23,7 @@ pub use aws::{AwsSink, Destination, Entry};
 pub use destinations::Destinations;
 pub use fault::{Fault, Refusal};
 pub use memory::MemorySink;
+pub use s3::PayloadStore;
 pub use sns::SnsTopic;
 pub use sqs::SqsQueue;
 pub use stdout::StdoutSink;

@@ -142,6 +142,14 @@ impl Emulator {
         aws_sdk_sns::Client::new(&self.sdk_config())
     }
 
+    /// S3, path-style (the streamer uses path-style with `sink.endpoint_url` too).
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.sdk_config())
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
     /// The `sink:` YAML section for this emulator.
     pub fn sink_yaml(&self, kind: &str, target: &str, extra: &str) -> String {
         let key = if kind == "sqs" {

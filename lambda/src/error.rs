@@ -1,21 +1,44 @@
 //! The two ways a record can fail: it cannot be decoded ([`DecodeError`], never
 //! worth retrying), or the handler says so ([`HandlerError`], retryable or not).
 //!
-//! Neither ever carries a column value: error text ends up in logs and in
-//! the queue's failure reports, and rows may hold personal data.
+//! Neither ever carries a column value: error text ends up in logs, in the
+//! queue's failure reports and at on-failure destinations, and rows may hold
+//! personal data.
 
 /// Any error a handler wraps.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the handler returns when it could not process an event.
 ///
-/// On SNS, both kinds fail the invocation: Lambda retries an asynchronous
-/// invocation twice (`MaximumRetryAttempts`), then hands the event to the
-/// function's on-failure destination or DLQ. The kind shows in the error type
-/// the destination records (`HandlerError.Retryable` or `HandlerError.Permanent`)
-/// and in how it is logged.
+/// - **SQS** ([`crate::sqs::process`]): both kinds are reported as a batch item
+///   failure: the message goes back to the queue and, once it has been received
+///   `maxReceiveCount` times, the queue's redrive policy moves it to the
+///   dead-letter queue. The kind changes how loudly it is logged (`warn` for
+///   retryable, `error` for permanent) and what an operator should do: wait, or
+///   fix the code or data.
+/// - **SNS** ([`crate::sns::process`]): both kinds fail the invocation: Lambda
+///   retries an asynchronous invocation (`MaximumRetryAttempts`), then hands the
+///   event to the function's on-failure destination or DLQ, where the error
+///   type reads `HandlerError.Retryable` or `HandlerError.Permanent`.
 ///
 /// Keep the message free of row values: say *what* failed, not with which data.
+///
+/// ```
+/// use walcast_lambda::HandlerError;
+///
+/// fn store(total: f64) -> Result<(), HandlerError> {
+///     if total < 0.0 {
+///         // Retrying cannot fix the data: let it go to the DLQ.
+///         return Err(HandlerError::permanent("order total is negative"));
+///     }
+///     // A client call that may time out:
+///     std::fs::metadata("/").map_err(HandlerError::retryable)?;
+///     Ok(())
+/// }
+///
+/// assert!(!store(-1.0).unwrap_err().is_retryable());
+/// assert_eq!(store(-1.0).unwrap_err().to_string(), "order total is negative");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// Transient: throttling, a timeout, a dependency that is down. Retrying
@@ -46,13 +69,17 @@ impl HandlerError {
     }
 }
 
-/// An SNS message that is not a change event this function can read.
+/// A record or message that is not a change event this function can read.
 ///
-/// The text names the table, the field path and what was expected, never the
-/// value found: serde's own messages quote values (`invalid type: string
-/// "alice@example.com", expected i64`), so they are reduced before they get here.
+/// The text names what was being read, the field path and what was expected,
+/// never the value found: serde's own messages quote values (`invalid type:
+/// string "alice@example.com", expected i64`), so they are reduced before they
+/// get here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The SQS record has no body.
+    #[error("the message has no body")]
+    MissingBody,
     /// The message is not valid JSON.
     #[error("the message is not valid JSON ({category} error at line {line}, column {column})")]
     NotJson {
@@ -63,10 +90,25 @@ pub enum DecodeError {
         /// 1-based column of the error.
         column: usize,
     },
+    /// The body is an SNS envelope whose `Message` is not a string.
+    #[error("the body is an SNS notification whose Message is not a string")]
+    BadEnvelope,
+    /// The body names the S3 payload pointer class but lacks the bucket or the key.
+    #[error("{}", change_event::MalformedPointer)]
+    MalformedPointer,
+    /// The body is an SNS subscription message, not a notification.
+    #[error("the message is an SNS {kind}, not a change event: {fix}")]
+    SubscriptionMessage {
+        /// `SubscriptionConfirmation` or `UnsubscribeConfirmation`.
+        kind: &'static str,
+        /// What to do about it.
+        fix: &'static str,
+    },
     /// The JSON does not have the shape the target type needs.
-    #[error("{target} does not match the message at `{path}`: {reason}")]
+    #[error("{target} does not match the JSON at `{path}`: {reason}")]
     Shape {
-        /// What was being decoded, e.g. `public.users event (ChangeEvent<User>)`.
+        /// What was being decoded, e.g. `public.users event (ChangeEvent<User>)`
+        /// or `SQS record`.
         target: String,
         /// Path of the field that did not match, e.g. `record.id`.
         path: String,

@@ -1,15 +1,29 @@
 //! An in-memory note of the events this execution environment has handled.
 //!
-//! It catches the redeliveries that land on the same warm environment (a
-//! batch retried after a partial failure, a visibility timeout that ran out),
-//! and nothing else: a cold start forgets, and concurrent environments do not
-//! share it. In production, record the idempotency key durably, in the same
-//! write as the side effect when you can; see `handler.rs`.
+//! It catches the redeliveries that land on the same warm environment (an SQS
+//! batch retried after a partial failure, a visibility timeout that ran out, an
+//! SNS invocation retried by Lambda), and nothing else: a cold start forgets,
+//! and concurrent environments do not share it. In production, record the
+//! idempotency key durably, in the same write as the side effect when you can
+//! (DynamoDB `PutItem` with `attribute_not_exists(pk)`, or an upsert guarded by
+//! `(commit_lsn, commit_idx)`); the templates' `handler.rs` shows both.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 /// A bounded set of idempotency keys; the oldest are forgotten first.
+///
+/// ```
+/// use walcast_lambda::ProcessedKeys;
+///
+/// let processed = ProcessedKeys::with_capacity(10_000);
+/// let key = "MTIzNDU2Nzg5OjA="; // metadata.idempotency_key
+/// if !processed.contains(key) {
+///     // ... do the work, then note it:
+///     processed.insert(key.to_owned());
+/// }
+/// assert!(processed.contains(key));
+/// ```
 #[derive(Debug)]
 pub struct ProcessedKeys {
     capacity: usize,

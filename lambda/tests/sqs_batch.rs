@@ -1,15 +1,19 @@
-//! Ordering and partial-failure semantics of `consumer_sqs::process`.
+//! Ordering and partial-failure semantics of `walcast_lambda::sqs::process`,
+//! on the templates' events (the streamer's real bodies).
 
 use std::num::NonZeroUsize;
 
-use consumer_sqs::{process, BatchConfig, BatchError};
 use serde_json::{json, Value};
+use walcast_lambda::sqs::{process, BatchConfig, BatchError};
 
-use crate::support::{message_ids, reported, sqs_event, Logs, Outcome, Recorder};
+use crate::support::{
+    event_json, message_ids, reported, sorted, sqs_batch, Logs, Outcome, Recorder,
+};
 
 fn one_at_a_time() -> BatchConfig {
     BatchConfig {
         concurrency: NonZeroUsize::MIN,
+        ..BatchConfig::default()
     }
 }
 
@@ -21,7 +25,7 @@ fn concurrent() -> BatchConfig {
 /// 3 orders:1001 update, 4 users:1 delete.
 #[tokio::test]
 async fn fifo_failure_in_the_middle_of_a_group_stops_that_group_only() {
-    let event = sqs_event("sqs-fifo.json");
+    let event = sqs_batch("sqs-fifo.json");
     let ids = message_ids(&event);
     let recorder = Recorder::failing([(ids[2].clone(), Outcome::Retryable)]);
 
@@ -46,7 +50,7 @@ async fn fifo_failure_in_the_middle_of_a_group_stops_that_group_only() {
 
 #[tokio::test]
 async fn fifo_groups_run_concurrently_but_each_in_order() {
-    let event = sqs_event("sqs-fifo.json");
+    let event = sqs_batch("sqs-fifo.json");
     let ids = message_ids(&event);
     let recorder = Recorder::failing([(ids[2].clone(), Outcome::Permanent)]);
 
@@ -75,7 +79,7 @@ async fn fifo_groups_run_concurrently_but_each_in_order() {
 
 #[tokio::test]
 async fn fifo_all_good_keeps_commit_order_per_group() {
-    let event = sqs_event("sqs-fifo.json");
+    let event = sqs_batch("sqs-fifo.json");
     let ids = message_ids(&event);
     let recorder = Recorder::default();
 
@@ -114,7 +118,7 @@ async fn fifo_all_good_keeps_commit_order_per_group() {
 /// `sqs-fifo-with-bad-record.json`: record 2 (users:1) is a truncated body.
 #[tokio::test]
 async fn fifo_malformed_record_blocks_the_rest_of_its_group() {
-    let event = sqs_event("sqs-fifo-with-bad-record.json");
+    let event = sqs_batch("sqs-fifo-with-bad-record.json");
     let ids = message_ids(&event);
     let recorder = Recorder::default();
     let logs = Logs::capture();
@@ -139,13 +143,16 @@ async fn fifo_malformed_record_blocks_the_rest_of_its_group() {
     );
 }
 
+/// A fair queue: a *standard* queue whose messages carry `MessageGroupId`
+/// (standard SNS topics forward it too). The group id does not make it FIFO:
+/// each failure stays alone, the group's later records are handled.
 #[tokio::test]
-async fn fifo_is_recognised_by_group_id_alone() {
-    let mut json = crate::support::event_json("sqs-fifo.json");
+async fn a_group_id_on_a_standard_queue_is_not_fifo() {
+    let mut json = event_json("sqs-fifo.json");
     for record in records(&mut json) {
         record["eventSourceARN"] = json!("arn:aws:sqs:us-east-1:123456789012:not-named-fifo");
     }
-    let event = serde_json::from_value(json).expect("SQS event");
+    let event: walcast_lambda::sqs::SqsBatch = serde_json::from_value(json).expect("SQS event");
     let ids = message_ids(&event);
     let recorder = Recorder::failing([(ids[0].clone(), Outcome::Retryable)]);
 
@@ -153,22 +160,43 @@ async fn fifo_is_recognised_by_group_id_alone() {
         .await
         .expect("batch answered");
 
+    assert_eq!(reported(&response), [ids[0].clone()]);
     assert_eq!(
-        reported(&response),
-        [ids[0].clone(), ids[2].clone(), ids[4].clone()]
+        recorder.handled(),
+        sorted(ids.clone()),
+        "the group's later records are handled too"
     );
+    // The handler still sees the group id (it is the queue's fairness key).
+    assert!(recorder.calls().iter().all(|(_, m)| m.group_id.is_some()));
+}
+
+/// The case: on a standard queue, a malformed record (body `{`) of
+/// group `tenant-a` fails alone; the healthy record after it in the same
+/// group is handled.
+#[tokio::test]
+async fn fair_queue_malformed_record_fails_alone() {
+    let batch = sqs_batch("sqs-fair-queue-bad-record.json");
+    let ids = message_ids(&batch);
+    let recorder = Recorder::default();
+
+    let response = process(batch, &concurrent(), |e, m| recorder.handle(e, m))
+        .await
+        .expect("batch answered");
+
+    assert_eq!(reported(&response), [ids[0].clone()]);
+    assert_eq!(recorder.order(), [ids[1].clone()]);
 }
 
 #[tokio::test]
 async fn fifo_is_recognised_by_queue_arn_alone() {
-    let mut json = crate::support::event_json("sqs-fifo.json");
+    let mut json = event_json("sqs-fifo.json");
     for record in records(&mut json) {
         record["attributes"]
             .as_object_mut()
             .expect("attributes")
             .remove("MessageGroupId");
     }
-    let event = serde_json::from_value(json).expect("SQS event");
+    let event: walcast_lambda::sqs::SqsBatch = serde_json::from_value(json).expect("SQS event");
     let ids = message_ids(&event);
     let recorder = Recorder::failing([(ids[1].clone(), Outcome::Retryable)]);
 
@@ -184,7 +212,7 @@ async fn fifo_is_recognised_by_queue_arn_alone() {
 /// `sqs-standard.json`: insert, update, delete, read of users; insert of an order.
 #[tokio::test]
 async fn standard_queue_reports_exactly_the_failed_records() {
-    let event = sqs_event("sqs-standard.json");
+    let event = sqs_batch("sqs-standard.json");
     let ids = message_ids(&event);
     let recorder = Recorder::failing([
         (ids[1].clone(), Outcome::Retryable),
@@ -197,11 +225,11 @@ async fn standard_queue_reports_exactly_the_failed_records() {
         .expect("batch answered");
 
     assert_eq!(reported(&response), [ids[1].clone(), ids[3].clone()]);
-    let mut handled = recorder.order();
-    handled.sort();
-    let mut all = ids.clone();
-    all.sort();
-    assert_eq!(handled, all, "every record is handed over, failures or not");
+    assert_eq!(
+        recorder.handled(),
+        sorted(ids.clone()),
+        "every record is handed over, failures or not"
+    );
     let logs = logs.text();
     assert!(
         logs.contains("handler failed: reported as failed, SQS redelivers it"),
@@ -214,12 +242,12 @@ async fn standard_queue_reports_exactly_the_failed_records() {
 /// 3 `record.id` is a string, 4 JSON that is not a change event.
 #[tokio::test]
 async fn malformed_bodies_fail_alone_and_are_logged_without_their_content() {
-    let event = sqs_event("sqs-standard-with-bad-records.json");
+    let event = sqs_batch("sqs-standard-with-bad-records.json");
     let ids = message_ids(&event);
     let bodies: Vec<String> = event
         .records
         .iter()
-        .map(|r| r.body.clone().expect("body"))
+        .map(|r| r["body"].as_str().expect("body").to_owned())
         .collect();
     let recorder = Recorder::default();
     let logs = Logs::capture();
@@ -232,11 +260,7 @@ async fn malformed_bodies_fail_alone_and_are_logged_without_their_content() {
         reported(&response),
         [ids[1].clone(), ids[3].clone(), ids[4].clone()]
     );
-    let mut handled = recorder.order();
-    handled.sort();
-    let mut good = vec![ids[0].clone(), ids[2].clone()];
-    good.sort();
-    assert_eq!(handled, good);
+    assert_eq!(recorder.handled(), sorted([ids[0].clone(), ids[2].clone()]));
 
     let logs = logs.text();
     for id in [&ids[1], &ids[3], &ids[4]] {
@@ -250,7 +274,7 @@ async fn malformed_bodies_fail_alone_and_are_logged_without_their_content() {
     }
     assert!(logs.contains("not valid JSON (eof error"), "{logs}");
     assert!(
-        logs.contains("public.users event (ChangeEvent<User>) does not match the body at `record.id`: invalid type, expected i64"),
+        logs.contains("public.users event (ChangeEvent<User>) does not match the JSON at `record.id`: invalid type, expected i64"),
         "{logs}"
     );
     assert!(logs.contains("missing field `metadata`"), "{logs}");
@@ -261,12 +285,12 @@ async fn malformed_bodies_fail_alone_and_are_logged_without_their_content() {
 
 #[tokio::test]
 async fn a_record_without_a_body_fails_alone() {
-    let mut json = crate::support::event_json("sqs-standard.json");
+    let mut json = event_json("sqs-standard.json");
     records(&mut json)[2]
         .as_object_mut()
         .expect("record")
         .remove("body");
-    let event = serde_json::from_value(json).expect("SQS event");
+    let event: walcast_lambda::sqs::SqsBatch = serde_json::from_value(json).expect("SQS event");
     let ids = message_ids(&event);
     let recorder = Recorder::default();
 
@@ -281,9 +305,9 @@ async fn a_record_without_a_body_fails_alone() {
 #[tokio::test]
 async fn a_record_without_a_message_id_fails_the_whole_batch_before_any_work() {
     for missing in [Value::Null, json!("")] {
-        let mut json = crate::support::event_json("sqs-fifo.json");
+        let mut json = event_json("sqs-fifo.json");
         records(&mut json)[3]["messageId"] = missing.clone();
-        let event = serde_json::from_value(json).expect("SQS event");
+        let event: walcast_lambda::sqs::SqsBatch = serde_json::from_value(json).expect("SQS event");
         let recorder = Recorder::default();
 
         let outcome = process(event, &concurrent(), |e, m| recorder.handle(e, m)).await;
@@ -302,7 +326,7 @@ async fn a_record_without_a_message_id_fails_the_whole_batch_before_any_work() {
 
 #[tokio::test]
 async fn the_response_is_what_lambda_expects() {
-    let event = sqs_event("sqs-fifo-with-bad-record.json");
+    let event = sqs_batch("sqs-fifo-with-bad-record.json");
     let ids = message_ids(&event);
     let recorder = Recorder::default();
 
@@ -321,7 +345,8 @@ async fn the_response_is_what_lambda_expects() {
 
 #[tokio::test]
 async fn an_empty_batch_reports_nothing() {
-    let event = serde_json::from_value(json!({ "Records": [] })).expect("SQS event");
+    let event: walcast_lambda::sqs::SqsBatch =
+        serde_json::from_value(json!({ "Records": [] })).expect("SQS event");
     let recorder = Recorder::default();
     let response = process(event, &concurrent(), |e, m| recorder.handle(e, m))
         .await
