@@ -112,7 +112,8 @@ pub(crate) fn classify_code(
             ))
         }
         "28P01" | "28000" => ReplicationError::Definite(format!(
-            "{text}. Check the user and password in source.url."
+            "{text}. Check the user and password in source.url \
+             (with source.auth: iam, the user's rds_iam grant, rds-db:connect and source.region)."
         )),
         "3D000" => ReplicationError::Definite(format!(
             "{text}. Check the database name in source.url."
@@ -137,7 +138,8 @@ pub(crate) fn from_sql(context: &str, e: &tokio_postgres::Error, slot: &str) -> 
         None if error_chain(e).contains("server does not support TLS") => {
             ReplicationError::Definite(format!(
                 "{context}: the server does not offer TLS, and sslmode in source.url requires it: \
-                 enable ssl on the server, or set sslmode=prefer (or disable)"
+                 enable ssl on the server, or set sslmode=prefer (or disable; not with source.auth: iam, \
+                 which needs TLS)"
             ))
         }
         // Not from the server: the connection failed or closed (the OS error is a source).

@@ -234,7 +234,8 @@ fn classify(context: &str, e: PgWireError, slot: &str) -> ReplicationError {
         PgWireError::Tls(m) if m.contains("SSLRequest rejected") => {
             ReplicationError::Definite(format!(
                 "{context}: the server does not offer TLS, and sslmode in source.url requires it: \
-                 enable ssl on the server, or set sslmode=prefer (or disable)"
+                 enable ssl on the server, or set sslmode=prefer (or disable; not with source.auth: iam, \
+                 which needs TLS)"
             ))
         }
         PgWireError::Tls(m) => ReplicationError::Definite(format!(
@@ -242,7 +243,8 @@ fn classify(context: &str, e: PgWireError, slot: &str) -> ReplicationError {
             m.trim_end_matches('.')
         )),
         PgWireError::Auth(m) => ReplicationError::Definite(format!(
-            "{context}: authentication failed: {}. Check the user and password in source.url.",
+            "{context}: authentication failed: {}. Check the user and password in source.url \
+             (with source.auth: iam, the user's rds_iam grant, rds-db:connect and source.region).",
             m.trim_end_matches('.')
         )),
         PgWireError::MessageTooLarge { .. }
