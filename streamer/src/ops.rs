@@ -165,20 +165,7 @@ impl Metrics {
 
     /// [`Metrics::delivered_at`], accepted at `now_micros` (one clock read for many events).
     pub fn delivered_by(&self, table: &str, commit_time_micros: i64, now_micros: i64) {
-        self.table(table, |c| c.delivered += 1);
-        let secs = (now_micros - commit_time_micros).max(0) as f64 / 1e6;
-        if let Ok(mut l) = self.latency.lock() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    l.0[i] += 1;
-                }
-            }
-            l.1 += 1;
-            l.2 += secs;
-        }
-        if let Ok(mut t) = self.last_accept.lock() {
-            *t = Some(Instant::now());
-        }
+        self.delivered_all(std::iter::once((table, commit_time_micros)), now_micros);
     }
 
     /// [`Metrics::delivered_by`] for many events at once, `(table, commit time)` each
