@@ -2,8 +2,8 @@
 # Runs the whole pipeline locally, no AWS account and no Docker:
 #
 #   throwaway Postgres (wal_level=logical, sample schema)
-#     → streamer (slot walcast_sqs) → SQS FIFO queue → event source mapping → consumer-sqs
-#     → streamer (slot walcast_sns) → SNS topic → subscription             → consumer-sns
+#     → streamer (one slot, walcast) ─┬─ sink local_sqs → SQS FIFO queue → event source mapping → consumer-sqs
+#                                     └─ sink local_sns → SNS topic → subscription             → consumer-sns
 #
 # The queue, topic, functions, mappings and DLQs come from the project's own template.yaml,
 # deployed to MiniStack (a local AWS emulator, PyPI `ministack`) on 127.0.0.1; the functions
@@ -13,11 +13,11 @@
 # your own writes (it prints the psql line); Ctrl-C stops everything and removes the scratch
 # directory.
 #
-#   infra/local.sh [--path sqs|sns|both]      (default both; one streamer per path)
+#   infra/local.sh [--path sqs|sns|both]      (default both; one streamer, one sink per path)
 #
 # Demo-only deployment settings, printed as notices when applied:
 #   - CreatePublisherUser=false: MiniStack 1.5.33 has no AWS::IAM::AccessKey; the
-#     streamers use MiniStack's test credentials instead of the publisher user.
+#     streamer uses MiniStack's test credentials instead of the publisher user.
 #   - RUST_LOG=info,lambda_runtime=trace and AWS_LAMBDA_LOG_FORMAT=JSON on the deployed
 #     functions (UpdateFunctionConfiguration, the template is unchanged): the Lambda
 #     runtime then logs each raw event, which is what "received:" shows. That logs row
@@ -128,44 +128,45 @@ if ! (cd "$work" && AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/n
 fi
 output() { python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ''))" "$work/stack.json" "$1"; }
 
-# ---------------------------------------------------------------- streamers
-# One sink per streamer: the SQS and SNS paths each get a streamer with its own slot.
-start_streamer() { # start_streamer sqs|sns
-  local kind=$1
-  cat >"$work/streamer-$kind.yaml" <<YAML
+# ---------------------------------------------------------------- streamer
+# One streamer, one slot: Postgres decodes the WAL once, and each path is a sink of it.
+kinds=()
+[ "$delivery" != SNS ] && kinds+=(sqs)
+[ "$delivery" != SQS ] && kinds+=(sns)
+config="$work/streamer.yaml"
+cat >"$config" <<YAML
 source:
   url: postgres://postgres@127.0.0.1:$port/postgres
   tables: [public.users, public.orders]
-  slot: walcast_$kind
+  slot: walcast
   publication: walcast
   name: local-demo
-sink:
-  type: $kind
-  name: local_$kind
-  $(if [ "$kind" = sqs ]; then echo "queue_url: $(output QueueUrl)"; else echo "topic_arn: $(output TopicArn)"; fi)
-  endpoint_url: $endpoint
-  region: eu-west-1
-  access_key_id: test
-  secret_access_key: test
+sinks:
 YAML
-  "$build/streamer" run --config "$work/streamer-$kind.yaml" >"$work/streamer-$kind.log" 2>&1 &
-  pids+=($!)
-}
+for kind in "${kinds[@]}"; do
+  cat >>"$config" <<YAML
+  - name: local_$kind
+    type: $kind
+    $(if [ "$kind" = sqs ]; then echo "queue_url: $(output QueueUrl)"; else echo "topic_arn: $(output TopicArn)"; fi)
+    endpoint_url: $endpoint
+    region: eu-west-1
+    access_key_id: test
+    secret_access_key: test
+YAML
+done
 follow_logs() { # follow_logs LOG_GROUP PREFIX
   "$venv/bin/python" "$root/infra/template/ministack_local.py" logs "$endpoint" "$1" --follow --readable --prefix "$2" &
   pids+=($!)
 }
-kinds=()
-[ "$delivery" != SNS ] && kinds+=(sqs)
-[ "$delivery" != SQS ] && kinds+=(sns)
-step "starting the streamers (${kinds[*]}), one slot each…"
-for kind in "${kinds[@]}"; do start_streamer "$kind"; done
-# Wait until each streamer has its slot (it creates slot and publication when missing).
+step "starting the streamer: one slot, sinks ${kinds[*]/#/local_}…"
+"$build/streamer" run --config "$config" >"$work/streamer.log" 2>&1 &
+pids+=($!)
+# Wait until it streams (it creates the slot and the publication when missing).
 deadline=$((SECONDS + 30))
-until [ "$("${psql[@]}" -Atc "SELECT count(*) FROM pg_replication_slots WHERE active")" = "${#kinds[@]}" ]; do
+until [ "$("${psql[@]}" -Atc "SELECT count(*) FROM pg_replication_slots WHERE active")" = 1 ]; do
   if ((SECONDS > deadline)); then
-    tail -n 20 "$work"/streamer-*.log >&2
-    echo "local.sh: the streamers did not start streaming" >&2
+    tail -n 20 "$work/streamer.log" >&2
+    echo "local.sh: the streamer did not start streaming" >&2
     exit 1
   fi
   sleep 0.3
@@ -199,18 +200,16 @@ echo "Write to the database and watch them:"
 echo "  psql -h 127.0.0.1 -p $port -U postgres -d postgres"
 echo "  (an order with a negative total is rejected by the example handlers: consumer-sqs retries it,"
 echo "   then the queue moves it to the DLQ after 5 receives, ~15 min with the template's 180 s visibility timeout)"
-echo "Backfill the rows the tables already hold (read events reach the handlers):"
-for kind in "${kinds[@]}"; do
-  echo "  $build/streamer backfill --config $work/streamer-$kind.yaml public.users public.orders"
-done
+echo "Backfill the rows the tables already hold (read events reach every sink's handler):"
+echo "  $build/streamer backfill --config $config public.users public.orders"
 echo "AWS endpoint (MiniStack): $endpoint   stack outputs: $work/stack.json"
-echo "streamer logs: $work/streamer-*.log   MiniStack log: $work/ministack.log"
+echo "streamer log: $work/streamer.log   MiniStack log: $work/ministack.log"
 echo "Ctrl-C to stop."
 while :; do
   for pid in "${pids[@]}" "$ministack_pid"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "local.sh: a process of the pipeline exited (pid $pid); see the logs in $work" >&2
-      tail -n 20 "$work"/streamer-*.log >&2
+      tail -n 20 "$work/streamer.log" >&2
       exit 1
     fi
   done

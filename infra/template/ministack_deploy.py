@@ -251,9 +251,21 @@ def check_streamer(c: dict, name: str, stack: dict, secret_arn: str) -> None:
         check(f"{name}: database URL from the secret",
               secrets == [{"name": "WALCAST_SOURCE_URL", "valueFrom": secret_arn}], secrets)
         env = {e["name"]: e["value"] for e in container.get("environment", [])}
-        check(f"{name}: streamer publishes to the queue",
-              env.get("WALCAST_SINK_TYPE") == "sqs" and env.get("WALCAST_SINK_QUEUE_URL") == stack["outputs"]["QueueUrl"],
-              env)
+        if "TopicArn" in stack["outputs"] and "QueueUrl" in stack["outputs"]:
+            # DeliveryPath=Both: one streamer, two sinks (the `sinks:` list as JSON).
+            try:
+                sinks = json.loads(env.get("WALCAST_SINKS", ""))
+            except ValueError:
+                sinks = None
+            check(f"{name}: one streamer publishes to the queue and the topic",
+                  isinstance(sinks, list) and [(s.get("type"), s.get("queue_url") or s.get("topic_arn")) for s in sinks]
+                  == [("sqs", stack["outputs"]["QueueUrl"]), ("sns", stack["outputs"]["TopicArn"])]
+                  and not any(k.startswith("WALCAST_SINK_") for k in env),
+                  env)
+        else:
+            check(f"{name}: streamer publishes to the queue",
+                  env.get("WALCAST_SINK_TYPE") == "sqs" and env.get("WALCAST_SINK_QUEUE_URL") == stack["outputs"]["QueueUrl"],
+                  env)
 
 
 def check_dashboard(c: dict, name: str, stack: dict) -> None:

@@ -50,7 +50,8 @@ CONFIG_KEYS = {
 }
 CONFIG_ENV = {
     f"WALCAST_{section.upper()}_{key.upper()}" for section, keys in CONFIG_KEYS.items() for key in keys
-} | {"WALCAST_SINK_S3_BUCKET"}  # sink.s3.bucket: a key of a mapping inside sink
+} | {"WALCAST_SINK_S3_BUCKET",  # sink.s3.bucket: a key of a mapping inside sink
+     "WALCAST_SINKS"}  # the whole `sinks:` list as JSON (DeliveryPath=Both)
 # The payload bucket's objects: what the publisher may put and the functions may get.
 PAYLOAD_OBJECTS = json.dumps({"Fn::Sub": "${PayloadBucket.Arn}/*"}, sort_keys=True)
 STREAMER_CONFIG_RS = REPO / "streamer" / "src" / "config.rs"
@@ -230,11 +231,15 @@ def streamer_config_keys() -> tuple[dict[str, set[str]], dict[tuple[str, str], s
     def fields(body: str) -> set[str]:
         keys = set()
         for f in re.finditer(r"((?:\s*#\[[^\n]*\]|\s*///[^\n]*)*)\s*pub (\w+):", body):
+            if "serde(skip)" in f.group(1):
+                continue
             renamed = re.search(r'rename\s*=\s*"(\w+)"', f.group(1))
             keys.add(renamed.group(1) if renamed else f.group(2))
         return keys
 
-    sections = {name: fields(structs[name.capitalize()]) for name in fields(structs[""])}
+    # `sinks:` is a list of `sink:` sections (SinkConfig): its keys are listed as `sink`'s.
+    sections = {("sink" if name == "sinks" else name): fields(structs["Sink" if name == "sinks" else name.capitalize()])
+                for name in fields(structs[""])}
     env = {(section, key): var for var, section, key in
            re.findall(r'\(\s*"(WALCAST_\w+)",\s*"(\w+)",\s*"(\w+)"', src)}
     return sections, env
@@ -315,10 +320,11 @@ def plotted(body: dict) -> list[dict]:
 def prometheus_metrics() -> tuple[set[str], set[str]]:
     """The series names and the label names the streamer's /metrics writes, from its source
     (streamer/src/ops.rs): every string literal that starts with `walcast_`, and every
-    label in the exposition format strings (`{{table=\"{t}\",…}}`)."""
+    label in the exposition format strings (`{{table=\"{t}\",…}}`, `"sink=\"{n}\","`,
+    `{{{l}le=\"{b}\"}}`)."""
     src = STREAMER_OPS_RS.read_text()
     names = set(re.findall(r'"(walcast_[a-z0-9_]+)', src))
-    labels = set(re.findall(r'[{,]([a-z_]+)=\\"', src))
+    labels = set(re.findall(r'[{,"}]([a-z_]+)=\\"', src))
     return names, labels
 
 
@@ -686,16 +692,32 @@ class StreamerOnEcsTest(unittest.TestCase):
 
     def test_environment_uses_the_streamer_configuration_names(self):
         for path, sink, target_var, target in (("SQS", "sqs", "WALCAST_SINK_QUEUE_URL", {"Ref": "Queue"}),
-                                               ("Both", "sqs", "WALCAST_SINK_QUEUE_URL", {"Ref": "Queue"}),
                                                ("SNS", "sns", "WALCAST_SINK_TOPIC_ARN", {"Ref": "Topic"})):
             env = {e["Name"]: e["Value"] for e in self.container(self.effective(DeliveryPath=path))["Environment"]}
             self.assertLessEqual(set(env), CONFIG_ENV, "the streamer refuses unknown WALCAST_ variables")
             self.assertEqual(env["WALCAST_SINK_TYPE"], sink)
             self.assertEqual(env[target_var], target)
+            self.assertNotIn("WALCAST_SINKS", env)
             self.assertEqual(env["WALCAST_HTTP_LISTEN"], "0.0.0.0:9187")
             self.assertEqual(env["WALCAST_LOG_FORMAT"], "json")
             self.assertFalse({"WALCAST_SINK_ACCESS_KEY_ID", "WALCAST_SINK_SECRET_ACCESS_KEY"} & set(env),
                              "on ECS the task role provides credentials")
+
+    def test_both_paths_are_one_streamer_with_two_sinks(self):
+        eff = self.effective(DeliveryPath="Both", StreamerSinkName="app")
+        env = {e["Name"]: e["Value"] for e in self.container(eff)["Environment"]}
+        self.assertLessEqual(set(env), CONFIG_ENV)
+        self.assertFalse({v for v in env if v.startswith("WALCAST_SINK_")},
+                         "the one-sink variables are refused beside a sinks list")
+        sinks = json.loads(substitute(eff, env["WALCAST_SINKS"]))
+        self.assertEqual(sinks, [
+            {"name": "app_sqs", "type": "sqs", "queue_url": "<Queue>", "region": eff.values["AWS::Region"],
+             "s3": {"bucket": "<PayloadBucket>"}},
+            {"name": "app_sns", "type": "sns", "topic_arn": "<Topic>", "region": eff.values["AWS::Region"],
+             "s3": {"bucket": "<PayloadBucket>"}},
+        ])
+        for entry in sinks:
+            self.assertLessEqual(set(entry) - {"s3"}, CONFIG_KEYS["sink"], entry)
 
     def test_iam_database_authentication_is_opt_in(self):
         arn = "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFGHIJKL01234/walcast"
@@ -949,6 +971,9 @@ class InfraFilesTest(unittest.TestCase):
         for section, keys in active.items():
             self.assertLessEqual(set(keys), sections.get(section, set()), f"unknown keys in {section}")
         uncommented = yaml.safe_load(re.sub(r"(?m)^(\s*)# (?=[a-z_]+: )", r"\1", text))
+        self.assertIn("sinks", uncommented, "the example shows the sinks list")
+        self.assertRegex(text, r"(?m)^# sinks: .*# WALCAST_SINKS\b")
+        del uncommented["sinks"]
         self.assertEqual(set(uncommented), set(sections))
         for section, keys in sections.items():
             self.assertEqual(set(uncommented[section]), keys, section)

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use crate::config::Config;
+use crate::fanout::Planned;
 use crate::replication::{format_lsn, quote_ident, Catalog, ReplicationError};
-use crate::sink::Destinations;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,28 +340,34 @@ pub fn version_report(version: u32) -> String {
     format!("Postgres {major}.{}: {}", version % 10000, parts.join(", "))
 }
 
-/// Checks the sink: the queue or topic and the dead-letter queue exist, the
-/// credentials work, and FIFO-ness matches the names and each other
-/// ([`Destinations::check`], the check `streamer run` makes before set-up).
+/// Checks every sink: its queue or topic, its routes' destinations and the
+/// dead-letter queue exist, the credentials work, and FIFO-ness matches the names
+/// and each other ([`Planned::check`], the check `streamer run` makes before set-up).
+/// With several sinks, each finding names its sink.
 pub async fn check_sink(config: &Config) -> Vec<Finding> {
-    let results = match Destinations::connect(&config.sink).await {
-        Ok(None) => Vec::new(),
-        Ok(Some(d)) => d.check().await,
-        Err(e) => vec![Err(e)],
-    };
-    results
-        .into_iter()
-        .map(|r| match r {
+    let mut findings = Vec::new();
+    for sink in &config.sinks {
+        let results = match Planned::connect(sink).await {
+            Ok(p) => p.check().await,
+            Err(e) => vec![Err(e)],
+        };
+        let prefix = if config.sinks.len() > 1 {
+            format!("sink `{}`: ", sink.name)
+        } else {
+            String::new()
+        };
+        findings.extend(results.into_iter().map(|r| match r {
             Ok(message) => Finding {
                 level: Level::Ok,
-                message,
+                message: format!("{prefix}{message}"),
             },
             Err(e) => Finding {
                 level: Level::Fail,
-                message: e.to_string(),
+                message: format!("{prefix}{e}"),
             },
-        })
-        .collect()
+        }));
+    }
+    findings
 }
 
 #[cfg(test)]

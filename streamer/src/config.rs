@@ -26,16 +26,16 @@ pub enum ConfigError {
     /// A field is missing or holds a bad value.
     #[error("invalid config: {field}: {reason}")]
     Field {
-        /// The field, e.g. `source.url`.
-        field: &'static str,
+        /// The field, e.g. `source.url` or `sinks[1].queue_url`.
+        field: String,
         /// What is wrong and how to fix it.
         reason: String,
     },
 }
 
-fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Field {
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }
@@ -68,9 +68,12 @@ impl fmt::Debug for Secret {
 pub struct Config {
     /// The Postgres database to stream from.
     pub source: SourceConfig,
-    /// Where events go.
+    /// `sink:`, the one-sink form: `load` moves it into `sinks`.
     #[serde(default)]
-    pub sink: SinkConfig,
+    sink: Option<SinkConfig>,
+    /// Where events go: `sinks:`, or the one `sink:` (never empty after `load`).
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
     /// Backfills.
     #[serde(default)]
     pub backfill: BackfillConfig,
@@ -201,6 +204,282 @@ pub struct SinkConfig {
     /// Large events through S3 (the format of AWS's extended client libraries).
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// The tables this sink takes (globs over `schema.table`); default: every published one.
+    #[serde(default)]
+    pub tables: TableSelection,
+    /// The actions this sink takes (`insert`, `update`, `delete`, `read`); default: all.
+    #[serde(default)]
+    pub actions: Option<Vec<change_event::Action>>,
+    /// Columns per table (`schema.table: {include: […]}` or `{exclude: […]}`): the others
+    /// leave `record` and `changes`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnSelection>,
+    /// Named destinations for `route` (queue URLs for sqs, topic ARNs for sns).
+    #[serde(default)]
+    pub destinations: BTreeMap<String, String>,
+    /// jq expression yielding the name of a destination (`null`: the sink's own).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// jq expression yielding the FIFO message group id (default: from `group_columns`).
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Where this sink sits in the file, for messages: `sink` or `sinks[N]` (set by `load`).
+    #[serde(skip)]
+    pub at: String,
+}
+
+/// `tables:` of a sink: a list of globs to include, or `{include: […], exclude: […]}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum TableSelection {
+    /// Every table.
+    #[default]
+    All,
+    /// Only these (globs such as `public.*`; `users` means `public.users`).
+    List(Vec<String>),
+    /// Included minus excluded (an empty `include`: every table).
+    Rules {
+        /// Globs of tables to take.
+        #[serde(default)]
+        include: Vec<String>,
+        /// Globs of tables to leave out.
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
+}
+
+impl TableSelection {
+    /// (include, exclude) globs.
+    pub fn globs(&self) -> (&[String], &[String]) {
+        match self {
+            TableSelection::All => (&[], &[]),
+            TableSelection::List(include) => (include, &[]),
+            TableSelection::Rules { include, exclude } => (include, exclude),
+        }
+    }
+}
+
+/// `columns.<table>:` of a sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSelection {
+    /// Only these columns (the primary key among them).
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    /// Every column but these.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SinkConfig {
+    /// `<at>.<key>`: the setting's name in messages (`sink.queue_url`, `sinks[1].queue_url`).
+    pub fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.at)
+    }
+
+    /// This sink's queue URL or topic ARN (none for stdout).
+    pub fn target(&self) -> Option<&str> {
+        match self.kind {
+            SinkType::Stdout => None,
+            SinkType::Sqs => self.queue_url.as_deref(),
+            SinkType::Sns => self.topic_arn.as_deref(),
+        }
+    }
+
+    fn validate(&self, source_tables: &[String]) -> Result<(), ConfigError> {
+        let key = |k: &str| self.key(k);
+        for (k, code) in [
+            ("filter", &self.filter),
+            ("transform", &self.transform),
+            ("route", &self.route),
+            ("group_id", &self.group_id),
+        ] {
+            if let Some(code) = code {
+                crate::jq::Program::compile(code).map_err(|e| field(key(k), format!("jq: {e}")))?;
+            }
+        }
+        match self.kind {
+            SinkType::Stdout => {}
+            SinkType::Sqs => {
+                let q = self.queue_url.as_deref().ok_or_else(|| {
+                    field(
+                        key("queue_url"),
+                        format!("required when {} is sqs", key("type")),
+                    )
+                })?;
+                check_queue_url(&key("queue_url"), q)?;
+            }
+            SinkType::Sns => {
+                let arn = self.topic_arn.as_deref().ok_or_else(|| {
+                    field(
+                        key("topic_arn"),
+                        format!("required when {} is sns", key("type")),
+                    )
+                })?;
+                check_topic_arn(&key("topic_arn"), arn)?;
+            }
+        }
+        if let Some(dlq) = &self.dead_letter_queue_url {
+            check_queue_url(&key("dead_letter_queue_url"), dlq)?;
+            if let Some(main) = self.target() {
+                let problem = dead_letter_fifo_problem(self.kind, is_fifo(main), is_fifo(dlq));
+                if let Some(problem) = problem {
+                    return Err(field(key("dead_letter_queue_url"), problem));
+                }
+            }
+        }
+        if let Some(s3) = &self.s3 {
+            if self.kind == SinkType::Stdout {
+                return Err(field(
+                    key("s3"),
+                    format!("only for {} sqs or sns", key("type")),
+                ));
+            }
+            let b = &s3.bucket;
+            let bucket_ok = (3..=63).contains(&b.len())
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
+                })
+                && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !bucket_ok {
+                return Err(field(
+                    key("s3.bucket"),
+                    format!("`{b}` is not an S3 bucket name (3-63 of a-z 0-9 . -)"),
+                ));
+            }
+            let p = &s3.key_prefix;
+            if p.len() > 900
+                || !p
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"./_-".contains(&c))
+            {
+                return Err(field(
+                    key("s3.key_prefix"),
+                    "up to 900 of a-z A-Z 0-9 . / _ - (what AWS's extended clients accept)",
+                ));
+            }
+            if s3.threshold_bytes == Some(0) {
+                return Err(field(
+                    key("s3.threshold_bytes"),
+                    "at least 1 (unset: only events over the destination's limit)",
+                ));
+            }
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(field(
+                key("secret_access_key"),
+                "access_key_id and secret_access_key go together",
+            ));
+        }
+        let published = |table: &str| -> Result<(String, String), String> {
+            let (s, t) =
+                parse_table(table).ok_or_else(|| format!("`{table}` is not `schema.table`"))?;
+            if !source_tables.is_empty()
+                && !source_tables
+                    .iter()
+                    .any(|x| parse_table(x) == Some((s.clone(), t.clone())))
+            {
+                return Err(format!("`{table}` is not in source.tables"));
+            }
+            Ok((s, t))
+        };
+        for (table, cols) in &self.group_columns {
+            published(table).map_err(|e| field(key("group_columns"), e))?;
+            if cols.is_empty() {
+                return Err(field(
+                    key("group_columns"),
+                    format!("`{table}` lists no column"),
+                ));
+            }
+        }
+        let (include, exclude) = self.tables.globs();
+        for (k, globs) in [("tables.include", include), ("tables.exclude", exclude)] {
+            for g in globs {
+                table_glob(g).map_err(|e| field(key(k), e))?;
+            }
+        }
+        if self.actions.as_ref().is_some_and(Vec::is_empty) {
+            return Err(field(
+                key("actions"),
+                "lists no action: name some of insert, update, delete, read, or leave it out for all",
+            ));
+        }
+        for (table, cols) in &self.columns {
+            let at = format!("{}.{table}", key("columns"));
+            published(table).map_err(|e| field(key("columns"), e))?;
+            match (&cols.include, cols.exclude.is_empty()) {
+                (Some(_), false) => {
+                    return Err(field(at, "give include or exclude, not both"));
+                }
+                (Some(list), true) if list.is_empty() => {
+                    return Err(field(at, "include lists no column"));
+                }
+                (None, true) => return Err(field(at, "give include: […] or exclude: […]")),
+                _ => {}
+            }
+        }
+        if !self.destinations.is_empty() && self.kind == SinkType::Stdout {
+            return Err(field(
+                key("destinations"),
+                format!("only for {} sqs or sns", key("type")),
+            ));
+        }
+        for (name, target) in &self.destinations {
+            let at = format!("{}.{name}", key("destinations"));
+            match self.kind {
+                SinkType::Sqs => check_queue_url(&at, target)?,
+                SinkType::Sns => check_topic_arn(&at, target)?,
+                SinkType::Stdout => {}
+            }
+        }
+        match (&self.route, self.destinations.is_empty()) {
+            (Some(_), true) => Err(field(
+                key("route"),
+                format!(
+                    "names destinations: list them under {} (name: queue URL or topic ARN)",
+                    key("destinations")
+                ),
+            )),
+            (None, false) => Err(field(
+                key("destinations"),
+                format!(
+                    "set {} to choose one per event (a jq expression yielding a name)",
+                    key("route")
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_queue_url(at: &str, url: &str) -> Result<(), ConfigError> {
+    url::Url::parse(url)
+        .map(|_| ())
+        .map_err(|e| field(at, format!("not a URL: {e}")))
+}
+
+fn check_topic_arn(at: &str, arn: &str) -> Result<(), ConfigError> {
+    if !arn.starts_with("arn:") || arn.split(':').count() != 6 {
+        return Err(field(
+            at,
+            "not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)",
+        ));
+    }
+    Ok(())
+}
+
+/// A glob over `schema.table` (`users` means `public.users`; `*` and `?` within a name).
+pub fn table_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    let full = if glob.contains('.') {
+        glob.to_owned()
+    } else {
+        format!("public.{glob}")
+    };
+    globset::GlobBuilder::new(&full)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("`{glob}` is not a glob: {}", e.kind()))
 }
 
 /// `sink.s3:` events over the destination's limit (or `threshold_bytes`) are put
@@ -242,6 +521,13 @@ impl Default for SinkConfig {
             filter: None,
             transform: None,
             s3: None,
+            tables: TableSelection::All,
+            actions: None,
+            columns: BTreeMap::new(),
+            destinations: BTreeMap::new(),
+            route: None,
+            group_id: None,
+            at: "sink".into(),
         }
     }
 }
@@ -324,11 +610,15 @@ enum Kind {
     List,
     Number,
     Bool,
+    /// A YAML (or JSON) value, e.g. the whole `sinks:` list.
+    Yaml,
 }
 
 /// Environment variables that override keys: (variable, section, key, kind); a
-/// section `a.b` is the mapping `b` inside `a`.
+/// section `a.b` is the mapping `b` inside `a`, `""` the top level.
 const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
+    // The whole list, as JSON or YAML (a container's environment has no file).
+    ("WALCAST_SINKS", "", "sinks", Kind::Yaml),
     ("WALCAST_SOURCE_URL", "source", "url", Kind::Text),
     ("WALCAST_SOURCE_SLOT", "source", "slot", Kind::Text),
     (
@@ -392,6 +682,10 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ),
     ("WALCAST_SINK_FILTER", "sink", "filter", Kind::Text),
     ("WALCAST_SINK_TRANSFORM", "sink", "transform", Kind::Text),
+    ("WALCAST_SINK_TABLES", "sink", "tables", Kind::List),
+    ("WALCAST_SINK_ACTIONS", "sink", "actions", Kind::List),
+    ("WALCAST_SINK_ROUTE", "sink", "route", Kind::Text),
+    ("WALCAST_SINK_GROUP_ID", "sink", "group_id", Kind::Text),
     ("WALCAST_SINK_S3_BUCKET", "sink.s3", "bucket", Kind::Text),
     (
         "WALCAST_SINK_S3_KEY_PREFIX",
@@ -456,7 +750,7 @@ impl Config {
                 return Err(ConfigError::Parse("the top level must be a mapping".into()));
             };
             let mut sec = top;
-            for part in section.split('.') {
+            for part in section.split('.').filter(|p| !p.is_empty()) {
                 let entry = sec
                     .entry(serde_norway::Value::from(part))
                     .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
@@ -484,12 +778,16 @@ impl Config {
                     other => serde_norway::Value::from(other),
                 },
                 Kind::Text => serde_norway::Value::from(value.as_str()),
+                Kind::Yaml => serde_norway::from_str(value).map_err(|e| {
+                    ConfigError::Parse(format!("{var}: not a YAML or JSON value: {e}"))
+                })?,
             };
             sec.insert(serde_norway::Value::from(*key), v);
         }
         // A typo in a configuration variable must not pass silently; other WALCAST_*
         // variables (WALCAST_CONFIG, the tooling's WALCAST_TOOLS, …) are not ours to judge.
-        const SECTIONS: [&str; 6] = [
+        const SECTIONS: [&str; 7] = [
+            "WALCAST_SINKS_",
             "WALCAST_SOURCE_",
             "WALCAST_SINK_",
             "WALCAST_BACKFILL_",
@@ -515,17 +813,42 @@ impl Config {
                 "not set: pass --config FILE (YAML with source.url) or set WALCAST_SOURCE_URL",
             ));
         }
-        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::Parse(format!("{path}: {}", e.into_inner()))
         })?;
+        match (config.sink.take(), config.sinks.is_empty()) {
+            (Some(_), false) => {
+                let by_env = env.keys().find(|k| k.starts_with("WALCAST_SINK_"));
+                return Err(field(
+                    "sinks",
+                    match by_env {
+                        Some(var) => format!(
+                            "{var} sets the one-sink form `sink:`, and the file has a `sinks:` \
+                             list: set that sink's keys in its entry of the list"
+                        ),
+                        None => "both `sink:` and `sinks:` are set: keep one (`sink:` is the \
+                                 one-sink form of `sinks:`)"
+                            .into(),
+                    },
+                ));
+            }
+            (Some(mut one), true) => {
+                one.at = "sink".into();
+                config.sinks.push(one)
+            }
+            (None, true) => config.sinks.push(SinkConfig::default()),
+            (None, false) => {
+                for (i, s) in config.sinks.iter_mut().enumerate() {
+                    s.at = format!("sinks[{i}]");
+                }
+            }
+        }
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::jq::Shape::compile(self.sink.filter.as_deref(), self.sink.transform.as_deref())
-            .map_err(ConfigError::Parse)?;
         let pg = parse_source_url(self.source.url.expose())?;
         let url = pg.config;
         if url.get_user().is_none() {
@@ -568,112 +891,30 @@ impl Config {
                 )
             })?;
         }
-        match self.sink.kind {
-            SinkType::Stdout => {}
-            SinkType::Sqs => {
-                let q = self
-                    .sink
-                    .queue_url
-                    .as_deref()
-                    .ok_or_else(|| field("sink.queue_url", "required when sink.type is sqs"))?;
-                url::Url::parse(q)
-                    .map_err(|e| field("sink.queue_url", format!("not a URL: {e}")))?;
-            }
-            SinkType::Sns => {
-                let arn = self
-                    .sink
-                    .topic_arn
-                    .as_deref()
-                    .ok_or_else(|| field("sink.topic_arn", "required when sink.type is sns"))?;
-                if !arn.starts_with("arn:") || arn.split(':').count() != 6 {
-                    return Err(field(
-                        "sink.topic_arn",
-                        "not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)",
-                    ));
-                }
-            }
-        }
-        if let Some(dlq) = &self.sink.dead_letter_queue_url {
-            url::Url::parse(dlq)
-                .map_err(|e| field("sink.dead_letter_queue_url", format!("not a URL: {e}")))?;
-            let main = match self.sink.kind {
-                SinkType::Stdout => None,
-                SinkType::Sqs => self.sink.queue_url.as_deref(),
-                SinkType::Sns => self.sink.topic_arn.as_deref(),
-            };
-            if let Some(main) = main {
-                let problem = dead_letter_fifo_problem(self.sink.kind, is_fifo(main), is_fifo(dlq));
-                if let Some(problem) = problem {
-                    return Err(field("sink.dead_letter_queue_url", problem));
-                }
-            }
-        }
-        if let Some(s3) = &self.sink.s3 {
-            if self.sink.kind == SinkType::Stdout {
-                return Err(field("sink.s3", "only for sink.type sqs or sns"));
-            }
-            let b = &s3.bucket;
-            let bucket_ok = (3..=63).contains(&b.len())
-                && b.bytes().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-'
-                })
-                && b.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && b.ends_with(|c: char| c.is_ascii_alphanumeric());
-            if !bucket_ok {
+        let mut names = std::collections::BTreeSet::new();
+        for sink in &self.sinks {
+            sink.validate(&self.source.tables)?;
+            if !names.insert(sink.name.as_str()) {
                 return Err(field(
-                    "sink.s3.bucket",
-                    format!("`{b}` is not an S3 bucket name (3-63 of a-z 0-9 . -)"),
-                ));
-            }
-            let p = &s3.key_prefix;
-            if p.len() > 900
-                || !p
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"./_-".contains(&c))
-            {
-                return Err(field(
-                    "sink.s3.key_prefix",
-                    "up to 900 of a-z A-Z 0-9 . / _ - (what AWS's extended clients accept)",
-                ));
-            }
-            if s3.threshold_bytes == Some(0) {
-                return Err(field(
-                    "sink.s3.threshold_bytes",
-                    "at least 1 (unset: only events over the destination's limit)",
+                    format!("{}.name", sink.at),
+                    format!(
+                        "`{}` names two sinks: give each its own (it is metadata.consumer.name and the metrics' sink label)",
+                        sink.name
+                    ),
                 ));
             }
         }
-        if self.sink.access_key_id.is_some() != self.sink.secret_access_key.is_some() {
+        if self
+            .sinks
+            .iter()
+            .filter(|s| s.kind == SinkType::Stdout)
+            .count()
+            > 1
+        {
             return Err(field(
-                "sink.secret_access_key",
-                "access_key_id and secret_access_key go together",
+                "sinks",
+                "more than one sink of type stdout: their lines would mix on one output; keep one",
             ));
-        }
-        for (table, cols) in &self.sink.group_columns {
-            let (s, t) = parse_table(table).ok_or_else(|| {
-                field(
-                    "sink.group_columns",
-                    format!("`{table}` is not `schema.table`"),
-                )
-            })?;
-            if !self.source.tables.is_empty()
-                && !self
-                    .source
-                    .tables
-                    .iter()
-                    .any(|x| parse_table(x) == Some((s.clone(), t.clone())))
-            {
-                return Err(field(
-                    "sink.group_columns",
-                    format!("`{table}` is not in source.tables"),
-                ));
-            }
-            if cols.is_empty() {
-                return Err(field(
-                    "sink.group_columns",
-                    format!("`{table}` lists no column"),
-                ));
-            }
         }
         if self.metrics.cloudwatch && self.log.format != LogFormat::Json {
             return Err(field(
@@ -729,9 +970,11 @@ impl Config {
             .collect()
     }
 
-    /// FIFO group columns of a table, if configured.
+    /// FIFO group columns of a table, if configured: the first sink's (the others
+    /// resolve their own, see [`crate::fanout`]).
     pub fn group_columns(&self, schema: &str, table: &str) -> Option<&[String]> {
-        self.sink
+        self.sinks
+            .first()?
             .group_columns
             .iter()
             .find(|(k, _)| parse_table(k).is_some_and(|(s, t)| s == schema && t == table))
@@ -969,7 +1212,7 @@ mod tests {
             ]),
         )
         .expect("valid");
-        let s3 = c.sink.s3.expect("sink.s3");
+        let s3 = c.sinks[0].s3.clone().expect("sink.s3");
         assert_eq!(
             (
                 s3.bucket.as_str(),
@@ -983,7 +1226,10 @@ mod tests {
             env(&[("WALCAST_SINK_S3_BUCKET", "env-bucket")]),
         )
         .expect("valid from the environment alone");
-        assert_eq!(from_env.sink.s3.expect("sink.s3").bucket, "env-bucket");
+        assert_eq!(
+            from_env.sinks[0].s3.clone().expect("sink.s3").bucket,
+            "env-bucket"
+        );
         let bad = |s3: &str| {
             Config::load(Some(&format!("{base}, s3: {s3}}}")), Vec::new())
                 .expect_err("refused")
@@ -1023,7 +1269,7 @@ mod tests {
             ]),
         )
         .expect("valid from env alone");
-        assert_eq!(c.sink.kind, SinkType::Sqs);
+        assert_eq!(c.sinks[0].kind, SinkType::Sqs);
         assert_eq!(c.tables().len(), 2);
     }
 
@@ -1205,6 +1451,123 @@ mod tests {
         assert!(
             !dbg.contains("hunter2") && !dbg.contains("topsecret"),
             "{dbg}"
+        );
+    }
+
+    #[test]
+    fn a_sinks_list_and_its_errors_one_line_each() {
+        let q = "https://sqs.eu-west-1.amazonaws.com/1/q";
+        let topic = "arn:aws:sns:eu-west-1:1:t";
+        let load = |sinks: &str| {
+            Config::load(
+                Some(&format!(
+                    "source: {{url: 'postgres://u@h/d'}}\nsinks:\n{sinks}"
+                )),
+                Vec::new(),
+            )
+        };
+        let c = load(&format!(
+            "  - {{name: a, type: sqs, queue_url: '{q}'}}\n  - {{name: b, type: sns, topic_arn: '{topic}', tables: ['public.*'], actions: [insert]}}\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(
+            (c.sinks[0].at.as_str(), c.sinks[1].at.as_str()),
+            ("sinks[0]", "sinks[1]")
+        );
+        assert_eq!(c.sinks[1].actions, Some(vec![change_event::Action::Insert]));
+        let one = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsink: {name: x}"),
+            Vec::new(),
+        )
+        .expect("valid");
+        assert_eq!((one.sinks.len(), one.sinks[0].at.as_str()), (1, "sink"));
+        let refused = |sinks: &str| {
+            let e = load(sinks).expect_err("refused").to_string();
+            assert!(!e.contains('\n'), "one line: {e}");
+            e
+        };
+        for (sinks, want) in [
+            (
+                "  - {name: a}\n  - {name: b, type: sqs}\n".into(),
+                "invalid config: sinks[1].queue_url: required when sinks[1].type is sqs",
+            ),
+            (
+                format!("  - {{name: a, type: sqs, queue_url: '{q}'}}\n  - {{name: a, type: sqs, queue_url: '{q}'}}\n"),
+                "invalid config: sinks[1].name: `a` names two sinks",
+            ),
+            (
+                "  - {name: a}\n  - {name: b}\n".into(),
+                "invalid config: sinks: more than one sink of type stdout",
+            ),
+            (
+                "  - {name: a, tables: {include: ['public.[x']}}\n".into(),
+                "invalid config: sinks[0].tables.include: `public.[x` is not a glob",
+            ),
+            (
+                "  - {name: a, actions: []}\n".into(),
+                "invalid config: sinks[0].actions: lists no action",
+            ),
+            (
+                "  - {name: a, columns: {users: {include: [id], exclude: [x]}}}\n".into(),
+                "invalid config: sinks[0].columns.users: give include or exclude, not both",
+            ),
+            (
+                "  - {name: a, columns: {users: {}}}\n".into(),
+                "invalid config: sinks[0].columns.users: give include: [",
+            ),
+            (
+                format!("  - {{name: a, type: sqs, queue_url: '{q}', route: '.x'}}\n"),
+                "invalid config: sinks[0].route: names destinations: list them under sinks[0].destinations",
+            ),
+            (
+                format!("  - {{name: a, type: sqs, queue_url: '{q}', destinations: {{x: '{q}'}}}}\n"),
+                "invalid config: sinks[0].destinations: set sinks[0].route",
+            ),
+            (
+                format!("  - {{name: a, type: sqs, queue_url: '{q}', destinations: {{x: 'nope'}}, route: '\"x\"'}}\n"),
+                "invalid config: sinks[0].destinations.x: not a URL",
+            ),
+            (
+                format!("  - {{name: a, type: sns, topic_arn: '{topic}', destinations: {{x: '{q}'}}, route: '\"x\"'}}\n"),
+                "invalid config: sinks[0].destinations.x: not a topic ARN",
+            ),
+            (
+                "  - {name: a}\n  - {name: b, type: sqs, queue_url: 'https://q', route: '.metadata |'}\n".into(),
+                "invalid config: sinks[1].route: jq: expected term at line 1, column 12",
+            ),
+            (
+                "  - {name: a, group_id: 'nope(1)'}\n".into(),
+                "invalid config: sinks[0].group_id: jq: undefined filter `nope` at line 1, column 1",
+            ),
+            (
+                "  - {name: a, filter: '.action =='}\n".into(),
+                "invalid config: sinks[0].filter: jq: expected term",
+            ),
+        ] {
+            let e = refused(&sinks);
+            assert!(e.starts_with(want), "{sinks}\n{e}");
+        }
+        let both = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsink: {name: x}\nsinks:\n  - {name: y}\n"),
+            Vec::new(),
+        )
+        .expect_err("both");
+        assert!(
+            both.to_string()
+                .contains("both `sink:` and `sinks:` are set"),
+            "{both}"
+        );
+        let by_env = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsinks:\n  - {name: y}\n"),
+            env(&[("WALCAST_SINK_QUEUE_URL", q)]),
+        )
+        .expect_err("env with a list");
+        assert!(
+            by_env
+                .to_string()
+                .contains("WALCAST_SINK_QUEUE_URL sets the one-sink form"),
+            "{by_env}"
         );
     }
 }

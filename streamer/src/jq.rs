@@ -76,8 +76,12 @@ impl Program {
 
     /// Runs the program on the JSON text `input`: its outputs as JSON text.
     pub fn run(&self, input: &str) -> Result<Vec<String>, String> {
-        let value = jaq_json::read::parse_single(input.as_bytes())
-            .map_err(|e| format!("the input is not JSON: {e}"))?;
+        self.run_on(&Input::parse(input)?)
+    }
+
+    /// Runs the program on a parsed input (one parse for several programs).
+    pub fn run_on(&self, input: &Input) -> Result<Vec<String>, String> {
+        let value = input.0.clone();
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
         for result in self.filter.id.run((ctx, value)) {
@@ -95,9 +99,23 @@ impl Program {
     }
 }
 
+/// A JSON text parsed once for the programs that run on it.
+pub struct Input(Val);
+
+impl Input {
+    /// Parses the JSON text.
+    pub fn parse(json: &str) -> Result<Input, String> {
+        jaq_json::read::parse_single(json.as_bytes())
+            .map(Input)
+            .map_err(|e| format!("the input is not JSON: {e}"))
+    }
+}
+
 /// What a sink's programs make of one event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shaped {
+    /// Send the event as it is (a filter alone let it through).
+    Keep,
     /// Send this body.
     Send(String),
     /// The filter did not yield `true`, or the transform yielded nothing.
@@ -111,18 +129,31 @@ pub struct Shape {
     pub filter: Option<Program>,
     /// Its output is the message body.
     pub transform: Option<Program>,
+    /// The sink's place in the file (`sink`, `sinks[1]`), for messages.
+    at: String,
 }
 
 impl Shape {
-    /// Compiles the sink's expressions; errors name the setting.
+    /// Compiles the `sink:` section's expressions; errors name the setting.
     pub fn compile(filter: Option<&str>, transform: Option<&str>) -> Result<Shape, String> {
+        Shape::compile_at("sink", filter, transform)
+    }
+
+    /// Compiles the expressions of the sink at `at` (`sink`, `sinks[1]`); errors name
+    /// the setting (`sinks[1].filter: jq: …`).
+    pub fn compile_at(
+        at: &str,
+        filter: Option<&str>,
+        transform: Option<&str>,
+    ) -> Result<Shape, String> {
         let compile = |field: &str, code: Option<&str>| {
-            code.map(|c| Program::compile(c).map_err(|e| format!("{field}: jq: {e}")))
+            code.map(|c| Program::compile(c).map_err(|e| format!("{at}.{field}: jq: {e}")))
                 .transpose()
         };
         Ok(Shape {
-            filter: compile("sink.filter", filter)?,
-            transform: compile("sink.transform", transform)?,
+            filter: compile("filter", filter)?,
+            transform: compile("transform", transform)?,
+            at: at.to_owned(),
         })
     }
 
@@ -133,25 +164,42 @@ impl Shape {
 
     /// The body to send for the event `payload`, or why not; errors name the setting.
     pub fn apply(&self, payload: &str) -> Result<Shaped, String> {
+        if self.is_empty() {
+            return Ok(Shaped::Keep);
+        }
+        let input = Input::parse(payload).map_err(|e| {
+            let which = if self.filter.is_some() {
+                "filter"
+            } else {
+                "transform"
+            };
+            format!("{}.{which}: {e}", self.at)
+        })?;
+        self.apply_to(&input)
+    }
+
+    /// [`Shape::apply`] with the event already parsed.
+    pub fn apply_to(&self, input: &Input) -> Result<Shaped, String> {
         if let Some(filter) = &self.filter {
             let out = filter
-                .run(payload)
-                .map_err(|e| format!("sink.filter: {e}"))?;
+                .run_on(input)
+                .map_err(|e| format!("{}.filter: {e}", self.at))?;
             if out.first().map(String::as_str) != Some("true") {
                 return Ok(Shaped::Skip);
             }
         }
         let Some(transform) = &self.transform else {
-            return Ok(Shaped::Send(payload.to_owned()));
+            return Ok(Shaped::Keep);
         };
         let mut out = transform
-            .run(payload)
-            .map_err(|e| format!("sink.transform: {e}"))?;
+            .run_on(input)
+            .map_err(|e| format!("{}.transform: {e}", self.at))?;
         match out.len() {
             0 => Ok(Shaped::Skip),
             1 => Ok(Shaped::Send(out.remove(0))),
             n => Err(format!(
-                "sink.transform: yielded {n} values for one event; make it yield one (e.g. wrap it in [ … ])"
+                "{}.transform: yielded {n} values for one event; make it yield one (e.g. wrap it in [ … ])",
+                self.at
             )),
         }
     }
@@ -192,10 +240,9 @@ mod tests {
         assert_eq!(truthy.apply(EVENT), Ok(Shaped::Skip), "7 is not true");
         let empty = Shape::compile(None, Some("empty")).expect("compiles");
         assert_eq!(empty.apply(EVENT), Ok(Shaped::Skip));
-        assert_eq!(
-            Shape::default().apply(EVENT),
-            Ok(Shaped::Send(EVENT.into()))
-        );
+        assert_eq!(Shape::default().apply(EVENT), Ok(Shaped::Keep));
+        let pass = Shape::compile(Some(r#".action == "insert""#), None).expect("compiles");
+        assert_eq!(pass.apply(EVENT), Ok(Shaped::Keep));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   [`sink::Sink`] trait; one delivery core serves SQS and SNS (typed
 //!   [`sink::SinkError`]s, one classification of [`sink::Fault`]s), and
 //!   [`sink::Destinations`] checks the queue or topic before anything is created.
+//! - [`fanout`]: one slot, many sinks: each sink's tables, actions, columns,
+//!   filter, transform, routing and group, from one decode.
 //! - [`progress`]: which LSN may be confirmed: only what every sink accepted.
 //! - [`pipeline`]: the loop tying them together, with reconnects and shutdown
 //!   (set-up comes after the sink's check; see `main.rs`).
@@ -30,6 +32,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod event;
+pub mod fanout;
 pub mod heartbeat;
 pub mod jq;
 pub mod ops;

@@ -8,11 +8,12 @@ use clap::{Parser, Subcommand};
 use walcast_streamer::backfill;
 use walcast_streamer::check::{self, Level};
 use walcast_streamer::config::{Config, LogFormat};
+use walcast_streamer::fanout;
 use walcast_streamer::ops;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline};
 use walcast_streamer::progress::Tracker;
 use walcast_streamer::replication::parse_lsn;
-use walcast_streamer::sink::{Destinations, Sink, SinkError, StdoutSink};
+use walcast_streamer::sink::{Sink, SinkError};
 
 #[derive(Parser)]
 #[command(
@@ -144,8 +145,13 @@ fn main() -> ExitCode {
                 LogFormat::Text => eprintln!("error: {e:#}"),
             }
             // A setting to fix (the sink's check before set-up): like a bad configuration.
-            match e.downcast_ref::<SinkError>() {
-                Some(SinkError::Setting { .. }) => ExitCode::from(2),
+            let setting = |e: &SinkError| matches!(e, SinkError::Setting { .. });
+            match (
+                e.downcast_ref::<SinkError>(),
+                e.downcast_ref::<fanout::PlanError>(),
+            ) {
+                (Some(s), _) if setting(s) => ExitCode::from(2),
+                (_, Some(p)) if setting(&p.error) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -167,18 +173,39 @@ fn init_tracing(config: &Config) {
     }
 }
 
-/// `streamer transform`: each event on stdin through the sink's filter and transform;
-/// bodies on stdout, what was not sent (and why) on stderr; exit 1 when one failed.
+/// `streamer transform`: each event on stdin through a sink's filter and transform
+/// (`--sink NAME`, or the only sink); bodies on stdout, what was not sent (and why)
+/// on stderr; exit 1 when one failed.
 fn transform(config: &Config, sink: Option<&str>) -> anyhow::Result<ExitCode> {
-    if let Some(name) = sink.filter(|n| *n != config.sink.name) {
-        anyhow::bail!(
-            "no sink named `{name}` in this configuration (its sink is `{}`)",
-            config.sink.name
-        );
-    }
-    let shape = walcast_streamer::jq::Shape::compile(
-        config.sink.filter.as_deref(),
-        config.sink.transform.as_deref(),
+    let names = || {
+        config
+            .sinks
+            .iter()
+            .map(|s| format!("`{}`", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match sink {
+        Some(name) => config
+            .sinks
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no sink named `{name}` in this configuration (its sinks: {})",
+                    names()
+                )
+            })?,
+        None if config.sinks.len() == 1 => &config.sinks[0],
+        None => anyhow::bail!(
+            "this configuration has several sinks ({}): choose one with --sink NAME",
+            names()
+        ),
+    };
+    let shape = walcast_streamer::jq::Shape::compile_at(
+        &chosen.at,
+        chosen.filter.as_deref(),
+        chosen.transform.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let mut input = String::new();
@@ -189,7 +216,9 @@ fn transform(config: &Config, sink: Option<&str>) -> anyhow::Result<ExitCode> {
     for (n, value) in values.enumerate() {
         let n = n + 1;
         let value = value.map_err(|e| anyhow::anyhow!("event {n} on stdin is not JSON: {e}"))?;
-        match shape.apply(&value.to_string()) {
+        let text = value.to_string();
+        match shape.apply(&text) {
+            Ok(walcast_streamer::jq::Shaped::Keep) => println!("{text}"),
             Ok(walcast_streamer::jq::Shaped::Send(body)) => println!("{body}"),
             Ok(walcast_streamer::jq::Shaped::Skip) => eprintln!(
                 "event {n}: not sent (the filter did not yield true, or the transform yielded nothing)"
@@ -240,12 +269,9 @@ async fn run(
         ),
         None => None,
     };
-    // The sink first: a wrong queue, topic, region or credential stops start-up
+    // The sinks first: a wrong queue, topic, region or credential stops start-up
     // with the setting to fix before the publication and the slot exist.
-    let destinations = Destinations::connect(&config.sink).await?;
-    if let Some(d) = &destinations {
-        d.verify().await?;
-    }
+    let planned = fanout::plan(&config).await?;
     let slot = pipeline::setup(&config).await?;
     if slot.created && config.backfill.initial {
         let ids = backfill::cli::request_initial(&config)
@@ -261,7 +287,7 @@ async fn run(
         tokio::spawn(ops::emf::write(
             tracker.clone(),
             config.source.slot.clone(),
-            config.sink.name.clone(),
+            config.sinks[0].name.clone(),
             std::time::Duration::from_secs(config.metrics.interval_secs),
         ));
     }
@@ -285,21 +311,13 @@ async fn run(
             Arc::clone(tracker.metrics()),
         ));
     }
-    match destinations {
-        None => {
-            let sink = StdoutSink::new(tracker.clone())?;
-            run_with(config, sink, tracker, until, started).await
-        }
-        Some(d) => {
-            let sink = d.start(tracker.clone());
-            run_with(config, sink, tracker, until, started).await
-        }
-    }
+    let lanes = fanout::start(&config, planned, &tracker)?;
+    run_with(config, lanes, tracker, until, started).await
 }
 
 async fn run_with<S: Sink>(
     config: Arc<Config>,
-    sink: S,
+    lanes: Vec<fanout::Lane<S>>,
     tracker: Tracker,
     until: Option<u64>,
     started: std::time::Instant,
@@ -330,9 +348,16 @@ async fn run_with<S: Sink>(
         coordinator.clone(),
         tracker.clone(),
     ));
-    let mut pipeline =
-        Pipeline::new(Arc::clone(&config), connector, sink, tracker).with_backfills(coordinator);
-    pipeline.drain_timeout = std::time::Duration::from_secs(config.sink.drain_timeout_secs);
+    let mut pipeline = Pipeline::with_lanes(Arc::clone(&config), connector, lanes, tracker)
+        .with_backfills(coordinator);
+    pipeline.drain_timeout = std::time::Duration::from_secs(
+        config
+            .sinks
+            .iter()
+            .map(|s| s.drain_timeout_secs)
+            .max()
+            .unwrap_or(60),
+    );
     pipeline.run(shutdown).await.context("streaming stopped")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,10 @@ pub struct Metrics {
     last_accept: Mutex<Option<Instant>>,
     started: Instant,
     backfills: Mutex<BTreeMap<String, BackfillGauge>>,
+    /// Events handed to this sink minus those it accepted (per-sink metrics only).
+    in_flight: AtomicI64,
+    /// Each sink's own metrics, by name, in configuration order (the root's only).
+    sinks: Mutex<Vec<(String, Arc<Metrics>)>>,
 }
 
 /// A backfill's figures, per table.
@@ -94,6 +98,8 @@ impl Default for Metrics {
             last_accept: Mutex::default(),
             started: Instant::now(),
             backfills: Mutex::default(),
+            in_flight: AtomicI64::new(0),
+            sinks: Mutex::default(),
         }
     }
 }
@@ -107,6 +113,55 @@ pub fn now_micros() -> i64 {
 }
 
 impl Metrics {
+    /// A sink's own metrics (deliveries, failures, latency, its error), shown with
+    /// `sink="<name>"`; the slot's (received, lag, backfills) stay here.
+    pub fn add_sink(&self, name: &str) -> Arc<Metrics> {
+        let m = Arc::new(Metrics::default());
+        if let Ok(mut s) = self.sinks.lock() {
+            s.push((name.to_owned(), Arc::clone(&m)));
+        }
+        m
+    }
+
+    /// The sinks' metrics: those added, else these (one sink, no name).
+    fn each_sink(&self) -> Vec<(Option<String>, Arc<Metrics>)> {
+        self.sinks
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(n, m)| (Some(n.clone()), Arc::clone(m)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Copies the sink figures of `other` (rendering one sink that records on the root).
+    fn absorb(&self, other: &Metrics) {
+        if let (Ok(mut t), Ok(o)) = (self.tables.lock(), other.tables.lock()) {
+            *t = o.clone();
+        }
+        if let (Ok(mut l), Ok(o)) = (self.latency.lock(), other.latency.lock()) {
+            *l = *o;
+        }
+        self.batches
+            .store(other.batches.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// `n` events were handed to this sink.
+    pub fn sent(&self, n: u64) {
+        self.in_flight.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// `n` events were accepted by this sink (counted by its tracker).
+    pub fn accepted(&self, n: u64) {
+        self.in_flight.fetch_sub(n as i64, Ordering::Relaxed);
+    }
+
+    /// Events handed to this sink and not yet accepted.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     fn table(&self, name: &str, f: impl FnOnce(&mut TableCounters)) {
         if let Ok(mut t) = self.tables.lock() {
             match t.get_mut(name) {
@@ -272,21 +327,39 @@ impl Metrics {
         }
     }
 
-    /// Healthy: replication connected, sink not failed, and not stalled with events in flight.
+    /// Healthy: replication connected, no sink failed, and none stalled with events in flight.
     pub fn health(&self, tracker: &Tracker) -> Result<(), String> {
-        if let Ok(s) = self.sink_error.lock() {
-            if let Some(e) = s.as_ref() {
-                return Err(format!("sink failed: {e}"));
-            }
+        let sinks = self.each_sink();
+        if sinks.is_empty() {
+            return self.sink_health(None, tracker.in_flight() > 0);
+        }
+        if let Some(e) = self.sink_error.lock().ok().and_then(|s| s.clone()) {
+            return Err(format!("sink failed: {e}"));
+        }
+        for (name, m) in &sinks {
+            m.sink_health(name.as_deref(), m.in_flight() > 0)?;
         }
         if !self.connected.load(Ordering::Relaxed) {
             return Err("replication not connected".into());
         }
-        if tracker.in_flight() > 0 {
+        Ok(())
+    }
+
+    fn sink_health(&self, name: Option<&str>, holding: bool) -> Result<(), String> {
+        let sink = name.map_or_else(|| "sink".to_owned(), |n| format!("sink `{n}`"));
+        if let Ok(s) = self.sink_error.lock() {
+            if let Some(e) = s.as_ref() {
+                return Err(format!("{sink} failed: {e}"));
+            }
+        }
+        if name.is_none() && !self.connected.load(Ordering::Relaxed) {
+            return Err("replication not connected".into());
+        }
+        if holding {
             let last = self.last_accept.lock().ok().and_then(|t| *t);
             if last.unwrap_or(self.started).elapsed() > STALL {
                 return Err(format!(
-                    "sink has events in flight and accepted none for {}s",
+                    "{sink} has events in flight and accepted none for {}s",
                     STALL.as_secs()
                 ));
             }
@@ -317,6 +390,19 @@ impl Metrics {
                 }
             }
         }
+        // Per sink: with `sink="<name>"` when the sinks have their own metrics.
+        let mut sinks = self.each_sink();
+        let me = Arc::new(Metrics::default());
+        let lone = sinks.is_empty();
+        if lone {
+            // One sink recording here: its figures are these.
+            me.absorb(self);
+            sinks.push((None, Arc::clone(&me)));
+        }
+        let label = |name: &Option<String>| match name {
+            Some(n) => format!("sink=\"{n}\","),
+            None => String::new(),
+        };
         for (name, help, get) in [
             (
                 "walcast_events_delivered_total",
@@ -335,13 +421,16 @@ impl Metrics {
             ),
             (
                 "walcast_events_filtered_total",
-                "Events the sink's filter (or an empty transform) left out.",
+                "Events the sink's selection, filter (or an empty transform) left out.",
                 |c: &TableCounters| c.filtered,
             ),
         ] {
             counter(&mut out, name, help);
-            for (t, c) in &tables {
-                let _ = writeln!(out, "{name}{{table=\"{t}\"}} {}", get(c));
+            for (sink, m) in &sinks {
+                let tables = m.tables.lock().map(|t| t.clone()).unwrap_or_default();
+                for (t, c) in &tables {
+                    let _ = writeln!(out, "{name}{{{}table=\"{t}\"}} {}", label(sink), get(c));
+                }
             }
         }
         counter(
@@ -349,11 +438,20 @@ impl Metrics {
             "walcast_batches_total",
             "Batches sent to the destination.",
         );
-        let _ = writeln!(
-            out,
-            "walcast_batches_total {}",
-            self.batches.load(Ordering::Relaxed)
-        );
+        for (sink, m) in &sinks {
+            let l = label(sink);
+            let l = l.trim_end_matches(',');
+            let l = if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            };
+            let _ = writeln!(
+                out,
+                "walcast_batches_total{l} {}",
+                m.batches.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
             "walcast_truncates_skipped_total",
@@ -376,21 +474,50 @@ impl Metrics {
         );
 
         let _ = writeln!(out, "# HELP walcast_delivery_latency_seconds Commit (Postgres clock) to accepted by the destination.\n# TYPE walcast_delivery_latency_seconds histogram");
-        if let Ok(l) = self.latency.lock() {
-            for (i, b) in BUCKETS.iter().enumerate() {
+        for (sink, m) in &sinks {
+            let l = label(sink);
+            let bare = l.trim_end_matches(',');
+            let bare = if bare.is_empty() {
+                String::new()
+            } else {
+                format!("{{{bare}}}")
+            };
+            if let Ok(h) = m.latency.lock() {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "walcast_delivery_latency_seconds_bucket{{{l}le=\"{b}\"}} {}",
+                        h.0[i]
+                    );
+                }
                 let _ = writeln!(
                     out,
-                    "walcast_delivery_latency_seconds_bucket{{le=\"{b}\"}} {}",
-                    l.0[i]
+                    "walcast_delivery_latency_seconds_bucket{{{l}le=\"+Inf\"}} {}",
+                    h.1
+                );
+                let _ = writeln!(out, "walcast_delivery_latency_seconds_sum{bare} {}", h.2);
+                let _ = writeln!(out, "walcast_delivery_latency_seconds_count{bare} {}", h.1);
+            }
+        }
+        if !lone {
+            let _ = writeln!(out, "# HELP walcast_sink_events_in_flight Events handed to the sink and not yet accepted by it.\n# TYPE walcast_sink_events_in_flight gauge");
+            for (sink, m) in &sinks {
+                let _ = writeln!(
+                    out,
+                    "walcast_sink_events_in_flight{{{}}} {}",
+                    label(sink).trim_end_matches(','),
+                    m.in_flight()
                 );
             }
-            let _ = writeln!(
-                out,
-                "walcast_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-                l.1
-            );
-            let _ = writeln!(out, "walcast_delivery_latency_seconds_sum {}", l.2);
-            let _ = writeln!(out, "walcast_delivery_latency_seconds_count {}", l.1);
+            let _ = writeln!(out, "# HELP walcast_sink_up 1 while the sink has not failed nor stalled.\n# TYPE walcast_sink_up gauge");
+            for (sink, m) in &sinks {
+                let _ = writeln!(
+                    out,
+                    "walcast_sink_up{{{}}} {}",
+                    label(sink).trim_end_matches(','),
+                    u8::from(m.sink_health(sink.as_deref(), m.in_flight() > 0).is_ok())
+                );
+            }
         }
         let gauge = |out: &mut String, name: &str, help: &str, v: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -632,7 +759,15 @@ pub mod emf {
         );
     }
 
-    /// The EMF documents for one interval (one JSON object per line).
+    fn now_millis() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    }
+
+    /// The EMF documents for one interval (one JSON object per line), of a
+    /// streamer whose one sink records on the tracker's metrics.
     pub fn lines(
         metrics: &Metrics,
         tracker: &Tracker,
@@ -640,10 +775,21 @@ pub mod emf {
         sink: &str,
         prev: &mut Previous,
     ) -> Vec<String> {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let millis = now_millis();
+        let mut out = sink_lines(metrics, tracker.in_flight(), slot, sink, prev, millis);
+        out.extend(slot_lines(metrics, slot, prev, millis));
+        out
+    }
+
+    /// Per table and per sink: the sink's counts and latency.
+    fn sink_lines(
+        metrics: &Metrics,
+        in_flight: impl std::fmt::Display,
+        slot: &str,
+        sink: &str,
+        prev: &mut Previous,
+        millis: u128,
+    ) -> Vec<String> {
         let tables = metrics.tables.lock().map(|t| t.clone()).unwrap_or_default();
         let mut out = Vec::new();
         let mut totals = [0u64; 4];
@@ -729,13 +875,18 @@ pub mod emf {
         for (i, (name, _)) in counts.iter().enumerate() {
             let _ = write!(line, ",\"{name}\":{}", totals[i]);
         }
-        let _ = write!(line, ",\"EventsInFlight\":{}", tracker.in_flight());
+        let _ = write!(line, ",\"EventsInFlight\":{in_flight}");
         if !values.is_empty() {
             let _ = write!(line, ",\"DeliveryLatency\":[{}]", values.join(","));
         }
         line.push('}');
         out.push(line);
+        out
+    }
 
+    /// Per slot: lag, and backfills per table.
+    fn slot_lines(metrics: &Metrics, slot: &str, prev: &mut Previous, millis: u128) -> Vec<String> {
+        let mut out = Vec::new();
         let lag = metrics.lag_bytes.load(std::sync::atomic::Ordering::Relaxed);
         if lag >= 0 {
             let mut line = String::new();
@@ -782,11 +933,26 @@ pub mod emf {
     /// Writes the documents to stderr (the task's log stream) every `interval`, until dropped.
     pub async fn write(tracker: Tracker, slot: String, sink: String, interval: Duration) {
         let mut prev = Previous::default();
+        let mut per_sink: BTreeMap<String, Previous> = BTreeMap::new();
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let lines = lines(tracker.metrics(), &tracker, &slot, &sink, &mut prev);
+            let root = tracker.metrics();
+            let sinks = root.each_sink();
+            let lines = if sinks.is_empty() {
+                lines(root, &tracker, &slot, &sink, &mut prev)
+            } else {
+                let millis = now_millis();
+                let mut out = Vec::new();
+                for (name, m) in sinks {
+                    let name = name.unwrap_or_default();
+                    let prev = per_sink.entry(name.clone()).or_default();
+                    out.extend(sink_lines(&m, m.in_flight(), &slot, &name, prev, millis));
+                }
+                out.extend(slot_lines(root, &slot, &mut prev, millis));
+                out
+            };
             let mut err = std::io::stderr().lock();
             for l in lines {
                 let _ = writeln!(err, "{l}");

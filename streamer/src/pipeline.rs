@@ -16,6 +16,7 @@ use crate::backfill::Coordinator;
 use crate::backoff;
 use crate::config::Config;
 use crate::event::{self, EventBuilder, RowChange, Table, Transaction};
+use crate::fanout::{Lane, Outlets, Verdict};
 use crate::heartbeat;
 use crate::progress::Tracker;
 use crate::replication::{
@@ -38,6 +39,26 @@ pub enum PipelineError {
     /// The sink failed for good.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// One of several sinks failed for good.
+    #[error("sink `{sink}`: {error}")]
+    Lane {
+        /// The sink's name.
+        sink: String,
+        /// Why.
+        error: SinkError,
+    },
+}
+
+/// A sink's failure: named when the streamer has several.
+fn lane_error(lanes: usize, name: &str, error: SinkError) -> PipelineError {
+    if lanes > 1 {
+        PipelineError::Lane {
+            sink: name.to_owned(),
+            error,
+        }
+    } else {
+        PipelineError::Sink(error)
+    }
 }
 
 /// Opens replication sessions (a trait so tests can script the stream).
@@ -105,13 +126,11 @@ pub struct Stopped {
 pub struct Pipeline<S: Sink, C: Connector> {
     config: Arc<Config>,
     connector: C,
-    sink: S,
+    /// The sinks, each with its selection, shaping and destinations.
+    lanes: Vec<Lane<S>>,
     tracker: Tracker,
-    builder: EventBuilder,
     /// Backfills: watermarks seen in the stream, and chunks to send at them.
     backfills: Option<Coordinator>,
-    /// The sink's `filter` and `transform`.
-    shape: crate::jq::Shape,
     /// How long a shutdown waits for the sink to deliver what it holds.
     pub drain_timeout: Duration,
 }
@@ -146,25 +165,46 @@ async fn unless<T>(
 }
 
 impl<S: Sink, C: Connector> Pipeline<S, C> {
-    /// A pipeline. `tracker` is the one the sink reports to, started at the slot's confirmed LSN.
+    /// A pipeline with the one sink of `config` (`sink:`, or the first of `sinks:`).
+    /// `tracker` is the one the sink reports to, started at the slot's confirmed LSN.
     pub fn new(config: Arc<Config>, connector: C, sink: S, tracker: Tracker) -> Self {
-        let builder = EventBuilder::new(&consumer_meta(&config), &database_meta(&config));
-        // Checked when the configuration was loaded.
-        let shape = crate::jq::Shape::compile(
-            config.sink.filter.as_deref(),
-            config.sink.transform.as_deref(),
+        let lane = Lane::new(
+            &config.sinks[0],
+            true,
+            &database_meta(&config),
+            Outlets::single(sink),
+            Arc::clone(tracker.metrics()),
         )
-        .unwrap_or_default();
+        .expect("the sink's settings were checked when the configuration was loaded");
+        Self::with_lanes(config, connector, vec![lane], tracker)
+    }
+
+    /// A pipeline feeding `lanes` (one per configured sink, in order).
+    pub fn with_lanes(
+        config: Arc<Config>,
+        connector: C,
+        lanes: Vec<Lane<S>>,
+        tracker: Tracker,
+    ) -> Self {
         Pipeline {
-            shape,
             config,
             connector,
-            sink,
+            lanes,
             tracker,
-            builder,
             backfills: None,
             drain_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Hands what every sink buffers to delivery.
+    async fn flush(&mut self) -> Result<(), PipelineError> {
+        let n = self.lanes.len();
+        for lane in &mut self.lanes {
+            lane.flush()
+                .await
+                .map_err(|e| lane_error(n, &lane.name, e))?;
+        }
+        Ok(())
     }
 
     /// Sends backfill chunks at their watermarks (the driver runs beside the pipeline,
@@ -204,7 +244,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
                     // Deliver what the sink holds before the slot sends it again.
                     let waited = unless(&mut shutdown, async {
-                        self.sink.flush().await?;
+                        self.flush().await?;
                         tokio::time::sleep(delay).await;
                         Ok::<_, PipelineError>(())
                     })
@@ -222,8 +262,14 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 Err(e) => {
                     let metrics = self.tracker.metrics();
                     metrics.set_connected(false);
-                    if let PipelineError::Sink(s) = &e {
-                        metrics.set_sink_error(&s.to_string());
+                    match &e {
+                        PipelineError::Sink(s) => metrics.set_sink_error(&s.to_string()),
+                        PipelineError::Lane { sink, error } => {
+                            if let Some(lane) = self.lanes.iter().find(|l| l.name == *sink) {
+                                lane.metrics().set_sink_error(&error.to_string());
+                            }
+                        }
+                        PipelineError::Replication(_) => {}
                     }
                     return Err(e);
                 }
@@ -235,9 +281,15 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     /// waiting at most `drain_timeout`; whether all was accepted.
     async fn drain(&mut self) -> bool {
         let drained = tokio::time::timeout(self.drain_timeout, async {
-            self.sink.flush().await?;
+            self.flush().await?;
             self.tracker.drained().await;
-            self.sink.close().await
+            let n = self.lanes.len();
+            for lane in &mut self.lanes {
+                lane.close()
+                    .await
+                    .map_err(|e| lane_error(n, &lane.name, e))?;
+            }
+            Ok::<_, PipelineError>(())
         })
         .await;
         match drained {
@@ -305,7 +357,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                 Ok(msg) => msg,
                 Err(_) => {
                     if state.unflushed {
-                        match unless(shutdown, self.sink.flush()).await {
+                        match unless(shutdown, self.flush()).await {
                             Some(r) => r?,
                             None => return self.stop(stream, &catalog).await,
                         }
@@ -503,48 +555,56 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         // every change; rows changed by transactions the read did not see are left
         // to their changes.
         let at = chunk.read_at(tx.commit_lsn);
-        let (builder, rows, table) = (&self.builder, &chunk.rows, &chunk.table);
-        let build =
-            |range: std::ops::Range<usize>| -> Result<Vec<event::Event>, event::EventError> {
-                range
-                    .map(|i| {
-                        let tuple: Tuple<'_> = rows
-                            .row(i)
-                            .map(|v| v.map_or(Datum::Null, Datum::Text))
-                            .collect();
-                        builder.build_read(table, &tuple, &at, i as u64)
-                    })
-                    .collect()
-            };
-        // Building is the costly part of a chunk: on two threads for a large one.
+        let (rows, table) = (&chunk.rows, &chunk.table);
         let n = rows.len();
-        let built = if n >= 4096 {
-            std::thread::scope(|s| {
-                let second = s.spawn(|| build(n / 2..n));
-                let first = build(0..n / 2);
-                let second = second.join().unwrap_or_else(|_| Ok(Vec::new()));
-                first.and_then(|mut f| {
-                    f.extend(second?);
-                    Ok(f)
-                })
-            })
-        } else {
-            build(0..n)
-        };
-        let built = built.map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
-        if built.len() != n {
-            return Err(
-                ReplicationError::Definite("backfill: building a chunk failed".into()).into(),
-            );
-        }
-        let mut sent = 0u64;
-        for mut event in built {
-            if due.changed.contains(&event.pks) || !self.shaped(&mut event)? {
+        // Per sink that takes the table's reads: each row's verdict (None: left out).
+        let mut per_lane: Vec<(usize, Vec<Option<Verdict>>)> = Vec::new();
+        let mut counted = false;
+        for k in 0..self.lanes.len() {
+            let lane = &mut self.lanes[k];
+            if !lane.takes(change_event::Action::Read) {
                 continue;
             }
-            event.seq = self.tracker.register();
-            self.tracker.metrics().received(&event);
-            self.sink.send(event).await?;
+            let Some(view) = lane.view(table).map_err(ReplicationError::Definite)? else {
+                continue;
+            };
+            let built = build_reads(lane.builder(), table, rows, &at, &view)
+                .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
+            if built.len() != n {
+                return Err(
+                    ReplicationError::Definite("backfill: building a chunk failed".into()).into(),
+                );
+            }
+            let mut verdicts = Vec::with_capacity(n);
+            for event in built {
+                if !counted {
+                    self.tracker.metrics().received(&event);
+                }
+                if due.changed.contains(&event.pks) {
+                    verdicts.push(None);
+                    continue;
+                }
+                verdicts.push(lane.verdict(event).map_err(ReplicationError::Definite)?);
+            }
+            counted = true;
+            per_lane.push((k, verdicts));
+        }
+        let lanes = self.lanes.len();
+        let mut sent = 0u64;
+        for i in 0..n {
+            let takers = per_lane.iter().filter(|(_, v)| v[i].is_some()).count() as u32;
+            if takers == 0 {
+                continue;
+            }
+            let seq = self.tracker.register_for(takers);
+            for (k, verdicts) in &mut per_lane {
+                if let Some(v) = verdicts[i].take() {
+                    let lane = &mut self.lanes[*k];
+                    lane.send(seq, v)
+                        .await
+                        .map_err(|e| lane_error(lanes, &lane.name, e))?;
+                }
+            }
             sent += 1;
         }
         state.unflushed = true;
@@ -580,53 +640,87 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             ),
             _ => None,
         };
-        let mut event = self
-            .builder
-            .build(tx, table, change)
-            .map_err(|e| ReplicationError::Definite(e.to_string()))?;
+        let action = change.action();
+        let idx = tx.take_idx();
+        let mut verdicts: Vec<(usize, Verdict)> = Vec::with_capacity(self.lanes.len());
+        let mut pks = None;
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
+            if !lane.takes(action) {
+                continue;
+            }
+            let Some(view) = lane.view(table).map_err(ReplicationError::Definite)? else {
+                continue;
+            };
+            let event = lane
+                .build(tx, idx, table, change, &view)
+                .map_err(|e| ReplicationError::Definite(e.to_string()))?;
+            if pks.is_none() {
+                self.tracker.metrics().received(&event);
+                pks = Some(event.pks.clone());
+            }
+            if let Some(v) = lane.verdict(event).map_err(ReplicationError::Definite)? {
+                verdicts.push((k, v));
+            }
+        }
         if let Some(coordinator) = &self.backfills {
-            coordinator.changed(&table.qualified, xid, &event.pks);
-            if let Some(old) = old_key.filter(|k| *k != event.pks) {
+            let pks = match pks {
+                Some(p) => p,
+                None => event::change_key(table, &change)
+                    .map_err(|e| ReplicationError::Definite(e.to_string()))?,
+            };
+            coordinator.changed(&table.qualified, xid, &pks);
+            if let Some(old) = old_key.filter(|k| *k != pks) {
                 coordinator.changed(&table.qualified, xid, &old);
             }
         }
-        if !self.shaped(&mut event)? {
+        if verdicts.is_empty() {
             return Ok(());
         }
-        event.seq = self.tracker.register();
-        self.tracker.metrics().received(&event);
-        self.sink.send(event).await?;
+        let seq = self.tracker.register_for(verdicts.len() as u32);
+        let lanes = self.lanes.len();
+        for (k, v) in verdicts {
+            let lane = &mut self.lanes[k];
+            lane.send(seq, v)
+                .await
+                .map_err(|e| lane_error(lanes, &lane.name, e))?;
+        }
         Ok(())
     }
+}
 
-    /// Applies the sink's filter and transform: whether to send the event (its body
-    /// replaced by the transform's output). Attributes, FIFO group and dedup id stay
-    /// those of the event. A runtime error stops the pipeline, naming the setting and
-    /// the event's position, never its values.
-    fn shaped(&self, event: &mut event::Event) -> Result<bool, PipelineError> {
-        if self.shape.is_empty() {
-            return Ok(true);
-        }
-        match self.shape.apply(&event.payload) {
-            Ok(crate::jq::Shaped::Send(body)) => {
-                event.payload = body;
-                Ok(true)
-            }
-            Ok(crate::jq::Shaped::Skip) => {
-                self.tracker.metrics().filtered(event);
-                Ok(false)
-            }
-            Err(e) => {
-                let setting = e.split(':').next().unwrap_or("sink.transform");
-                Err(ReplicationError::Definite(format!(
-                    "{setting} failed on an event of {} (commit_lsn {}, commit_idx {}): fix the \
-                     expression; `streamer transform --config FILE < event.json` shows the jq error",
-                    event.table.qualified, event.commit_lsn, event.commit_idx
-                ))
-                .into())
-            }
-        }
+/// The `read` events of a chunk's rows as one sink sees them; on two threads
+/// for a large chunk (building is the costly part of a chunk).
+fn build_reads(
+    builder: &EventBuilder,
+    table: &Arc<Table>,
+    rows: &crate::backfill::Rows,
+    at: &event::ReadAt,
+    view: &event::View,
+) -> Result<Vec<event::Event>, event::EventError> {
+    let build = |range: std::ops::Range<usize>| -> Result<Vec<event::Event>, event::EventError> {
+        range
+            .map(|i| {
+                let tuple: Tuple<'_> = rows
+                    .row(i)
+                    .map(|v| v.map_or(Datum::Null, Datum::Text))
+                    .collect();
+                builder.build_read(table, &tuple, at, i as u64, view)
+            })
+            .collect()
+    };
+    let n = rows.len();
+    if n < 4096 {
+        return build(0..n);
     }
+    std::thread::scope(|s| {
+        let second = s.spawn(|| build(n / 2..n));
+        let first = build(0..n / 2);
+        let second = second.join().unwrap_or_else(|_| Ok(Vec::new()));
+        first.and_then(|mut f| {
+            f.extend(second?);
+            Ok(f)
+        })
+    })
 }
 
 /// Applies a transaction-annotations message to the rest of the transaction.
@@ -640,19 +734,6 @@ fn annotate(tx: &mut Transaction, prefix: &str, content: &[u8]) {
         },
         ANNOTATIONS_CLEAR => tx.annotations = None,
         _ => {}
-    }
-}
-
-/// The sink's metadata block.
-pub fn consumer_meta(config: &Config) -> change_event::Consumer {
-    change_event::Consumer {
-        id: config
-            .sink
-            .id
-            .clone()
-            .unwrap_or_else(|| config.sink.name.clone()),
-        name: config.sink.name.clone(),
-        annotations: config.sink.annotations.clone(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Replication progress: which LSN may be confirmed to Postgres.
 //!
-//! Every event gets a sequence number when it is handed to the sink. Sinks
+//! Every event gets a sequence number when it is handed to the sinks (one
+//! number for all the sinks that take it: it is accepted once each of them has
+//! accepted it, so the slot waits for the slowest sink). Sinks
 //! accept events in any order (batches of different message groups finish
 //! out of order); the tracker keeps the lowest sequence number not yet
 //! accepted (the *low-water mark*). A transaction's `end_lsn` becomes
@@ -38,8 +40,8 @@ pub struct Tracker {
 struct Inner {
     /// Sequence number of `accepted[0]`: the low-water mark.
     base: u64,
-    /// Accepted flags of the events from `base` on.
-    accepted: VecDeque<bool>,
+    /// Per event from `base` on, how many sinks have yet to accept it (0: accepted).
+    accepted: VecDeque<u32>,
     /// (sequence number after the transaction's last event, end_lsn), in order.
     commits: VecDeque<(u64, u64)>,
     /// A transaction is open (Begin seen, Commit not yet).
@@ -53,7 +55,7 @@ impl Inner {
     }
 
     fn advance(&mut self) -> Option<u64> {
-        while self.accepted.front() == Some(&true) {
+        while self.accepted.front() == Some(&0) {
             self.accepted.pop_front();
             self.base += 1;
         }
@@ -120,9 +122,25 @@ impl Tracker {
 
     /// Assigns the next sequence number to an event about to be handed to the sink.
     pub fn register(&self) -> u64 {
+        self.register_for(1)
+    }
+
+    /// Assigns the next sequence number to an event about to be handed to `sinks`
+    /// sinks (at least one): it is accepted once each has accepted it.
+    pub fn register_for(&self, sinks: u32) -> u64 {
+        debug_assert!(sinks > 0, "an event registered for no sink");
         let mut g = self.lock();
-        g.accepted.push_back(false);
+        g.accepted.push_back(sinks.max(1));
         g.next_seq() - 1
+    }
+
+    /// This tracker, recording a sink's deliveries in `metrics` (its own, by name):
+    /// acceptances still count for the one LSN confirmed to Postgres.
+    pub fn for_sink(&self, metrics: std::sync::Arc<Metrics>) -> Tracker {
+        Tracker {
+            metrics,
+            ..self.clone()
+        }
     }
 
     /// The sink accepted (durably) the event with this sequence number.
@@ -132,20 +150,23 @@ impl Tracker {
 
     /// The sink accepted these events.
     ///
-    /// Each event is accepted once: a second acceptance is a sink's bug
-    /// (a debug build panics; a release build ignores it).
+    /// Each sink accepts an event once: an acceptance beyond the sinks it was
+    /// registered for is a sink's bug (a debug build panics; a release build ignores it).
     pub fn accept_all(&self, seqs: impl IntoIterator<Item = u64>) {
         let mut g = self.lock();
+        let mut n = 0;
         for seq in seqs {
+            n += 1;
             debug_assert!(seq < g.next_seq(), "accepting an unregistered event {seq}");
             debug_assert!(seq >= g.base, "event {seq} accepted twice");
             if let Some(i) = seq.checked_sub(g.base) {
-                if let Some(flag) = g.accepted.get_mut(i as usize) {
-                    debug_assert!(!*flag, "event {seq} accepted twice");
-                    *flag = true;
+                if let Some(left) = g.accepted.get_mut(i as usize) {
+                    debug_assert!(*left > 0, "event {seq} accepted twice");
+                    *left = left.saturating_sub(1);
                 }
             }
         }
+        self.metrics.accepted(n);
         let advanced = g.advance();
         self.publish(&g, advanced);
     }
@@ -190,7 +211,7 @@ impl Tracker {
     /// Events registered but not yet accepted.
     pub fn in_flight(&self) -> u64 {
         let g = self.lock();
-        g.accepted.iter().filter(|a| !**a).count() as u64
+        g.accepted.iter().filter(|a| **a > 0).count() as u64
     }
 
     /// Waits until every registered event is accepted.
@@ -334,6 +355,40 @@ mod tests {
         let a = t.register();
         t.accept(a);
         t.accept(a);
+    }
+
+    #[test]
+    fn an_event_of_two_sinks_waits_for_both() {
+        let t = Tracker::new(0);
+        let (a, b) = (
+            t.for_sink(std::sync::Arc::default()),
+            t.for_sink(std::sync::Arc::default()),
+        );
+        t.begin();
+        let e = t.register_for(2);
+        t.commit(70);
+        a.accept(e);
+        assert_eq!(t.confirmable(), 0, "one sink of two accepted");
+        assert_eq!(t.in_flight(), 1);
+        b.accept(e);
+        assert_eq!(t.confirmable(), 70);
+        assert_eq!(
+            a.metrics().in_flight(),
+            -1,
+            "sent counts are the lanes' (none here)"
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "accepted twice")]
+    fn a_third_acceptance_of_a_two_sink_event_is_a_bug() {
+        let t = Tracker::new(0);
+        let e = t.register_for(2);
+        let _next = t.register();
+        t.accept(e);
+        t.accept(e);
+        t.accept(e);
     }
 
     #[tokio::test]

@@ -49,7 +49,7 @@ impl AwsRun {
         let config = Arc::new(
             Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
         );
-        let destinations = Destinations::connect(&config.sink)
+        let destinations = Destinations::connect(&config.sinks[0])
             .await
             .expect("destinations")
             .expect("an SQS or SNS sink");

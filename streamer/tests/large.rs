@@ -348,7 +348,7 @@ async fn a_missing_bucket_fails_the_check_naming_the_setting() {
         s3_yaml("walcast-no-such-bucket", "")
     );
     let config = Config::load(Some(&yaml), Vec::new()).expect("valid config");
-    let destinations = Destinations::connect(&config.sink)
+    let destinations = Destinations::connect(&config.sinks[0])
         .await
         .expect("connects")
         .expect("an SQS sink");

@@ -23,6 +23,7 @@ mod binary;
 mod faults;
 mod large;
 mod shaping;
+mod sinks;
 mod streaming;
 mod tls;
 mod types;

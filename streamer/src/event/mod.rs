@@ -200,8 +200,17 @@ impl Transaction {
     }
 }
 
+impl Transaction {
+    /// The next change's `commit_idx`, and counts it.
+    pub fn take_idx(&mut self) -> u64 {
+        let idx = self.next_idx;
+        self.next_idx += 1;
+        idx
+    }
+}
+
 /// A row change as decoded from the stream.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum RowChange<'a> {
     /// Insert.
     Insert(&'a Tuple<'a>),
@@ -209,6 +218,17 @@ pub enum RowChange<'a> {
     Update(Option<&'a OldTuple<'a>>, &'a Tuple<'a>),
     /// Delete.
     Delete(&'a OldTuple<'a>),
+}
+
+impl RowChange<'_> {
+    /// The event's action.
+    pub fn action(&self) -> Action {
+        match self {
+            RowChange::Insert(_) => Action::Insert,
+            RowChange::Update(..) => Action::Update,
+            RowChange::Delete(_) => Action::Delete,
+        }
+    }
 }
 
 /// Why a change could not become an event. Definite: it needs a person.
@@ -273,13 +293,26 @@ impl EventBuilder {
         table: &Arc<Table>,
         change: RowChange<'_>,
     ) -> Result<Event, EventError> {
+        let idx = tx.take_idx();
+        self.build_at(tx, idx, table, change, &View::ALL)
+    }
+
+    /// Builds the event for change `idx` of the transaction as `view` sees the table
+    /// (one sink's columns and group); the caller numbers the changes
+    /// ([`Transaction::take_idx`]), so that every sink's event of a change has one index.
+    pub fn build_at(
+        &self,
+        tx: &Transaction,
+        idx: u64,
+        table: &Arc<Table>,
+        change: RowChange<'_>,
+        view: &View,
+    ) -> Result<Event, EventError> {
         let (action, record, old) = match change {
             RowChange::Insert(new) => (Action::Insert, new, None),
             RowChange::Update(old, new) => (Action::Update, new, old),
             RowChange::Delete(old) => (Action::Delete, old.tuple(), None),
         };
-        let idx = tx.next_idx;
-        tx.next_idx += 1;
         let at = Position {
             commit_lsn: tx.commit_lsn,
             commit_time_micros: tx.commit_time_micros,
@@ -288,7 +321,7 @@ impl EventBuilder {
             annotations: tx.annotations.as_deref(),
             backfill: None,
         };
-        self.write(table, action, record, old, at)
+        self.write(table, action, record, old, at, view)
     }
 
     /// Builds the `read` event of a row a backfill read: at the position of the
@@ -299,6 +332,7 @@ impl EventBuilder {
         row: &Tuple<'_>,
         at: &ReadAt,
         idx: u64,
+        view: &View,
     ) -> Result<Event, EventError> {
         let at = Position {
             commit_lsn: at.commit_lsn,
@@ -308,7 +342,7 @@ impl EventBuilder {
             annotations: None,
             backfill: Some(at.backfill_id),
         };
-        self.write(table, Action::Read, row, None, at)
+        self.write(table, Action::Read, row, None, at, view)
     }
 
     fn write(
@@ -318,6 +352,7 @@ impl EventBuilder {
         record: &Tuple<'_>,
         old: Option<&OldTuple<'_>>,
         at: Position<'_>,
+        view: &View,
     ) -> Result<Event, EventError> {
         let want = table.columns.len();
         for t in std::iter::once(record).chain(old.map(OldTuple::tuple)) {
@@ -342,10 +377,15 @@ impl EventBuilder {
 
         let mut out = String::with_capacity(table.payload_hint.get().clamp(256, 64 * 1024));
         out.push_str("{\"record\":{");
+        let mut first = true;
         for (i, col) in table.columns.iter().enumerate() {
-            if i > 0 {
+            if !view.keeps(i) {
+                continue;
+            }
+            if !first {
                 out.push(',');
             }
+            first = false;
             out.push_str(&col.json_key);
             write_datum(&mut out, table, col, value_at(i))?;
         }
@@ -356,7 +396,7 @@ impl EventBuilder {
                 let mut first = true;
                 let key_only = matches!(old, OldTuple::Key(_));
                 for (i, col) in table.columns.iter().enumerate() {
-                    if key_only && !col.identity {
+                    if (key_only && !col.identity) || !view.keeps(i) {
                         continue;
                     }
                     let before = old.tuple()[i];
@@ -410,12 +450,39 @@ impl EventBuilder {
             commit_idx: at.idx,
             commit_time_micros: at.commit_time_micros,
             action,
-            group_id: group_id(table, &value_at),
+            group_id: group_id(
+                table,
+                view.group_key.as_deref().unwrap_or(&table.group_key),
+                &value_at,
+            ),
             table: Arc::clone(table),
             idempotency_key,
             pks,
             payload: out,
         })
+    }
+}
+
+/// How one sink sees a table: the columns it takes, and its FIFO group columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Per column (table order), whether the sink takes it; `None`: every column.
+    pub keep: Option<Vec<bool>>,
+    /// Indices of the group columns; `None`: the table's ([`Table::group_key`]).
+    pub group_key: Option<Vec<usize>>,
+}
+
+impl View {
+    /// Every column, the table's group.
+    pub const ALL: View = View {
+        keep: None,
+        group_key: None,
+    };
+
+    fn keeps(&self, column: usize) -> bool {
+        self.keep
+            .as_ref()
+            .is_none_or(|k| k.get(column).copied().unwrap_or(true))
     }
 }
 
@@ -503,6 +570,28 @@ fn key_values(pks: &str) -> Vec<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// `record_pks` as JSON of a change's row (what its event's `record_pks` holds).
+pub fn change_key(table: &Table, change: &RowChange<'_>) -> Result<String, EventError> {
+    let (record, old) = match change {
+        RowChange::Insert(new) => (*new, None),
+        RowChange::Update(old, new) => (*new, old.map(OldTuple::tuple)),
+        RowChange::Delete(old) => (old.tuple(), None),
+    };
+    let filled: Tuple<'_> = record
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match (d, old) {
+            (Datum::UnchangedToast, Some(o))
+                if o.get(i).is_some_and(|v| *v != Datum::UnchangedToast) =>
+            {
+                o[i]
+            }
+            _ => *d,
+        })
+        .collect();
+    key_json(table, &filled)
+}
+
 /// `record_pks` as JSON for a row image (e.g. the old key of an update that moved it).
 pub fn key_json(table: &Table, tuple: &Tuple<'_>) -> Result<String, EventError> {
     let mut out = String::from("[");
@@ -560,16 +649,22 @@ pub fn escape_refused(json: &mut String) {
 
 /// `schema.table:v1:v2…` over the group columns; its SHA-256 hex when over
 /// 128 characters or holding characters SQS refuses in a `MessageGroupId`.
-fn group_id<'a>(table: &Table, value_at: &impl Fn(usize) -> Datum<'a>) -> String {
+fn group_id<'a>(table: &Table, key: &[usize], value_at: &impl Fn(usize) -> Datum<'a>) -> String {
     let mut id = table.qualified.clone();
-    for &i in &table.group_key {
+    for &i in key {
         id.push(':');
         match value_at(i) {
             Datum::Text(t) => id.push_str(&String::from_utf8_lossy(t)),
             _ => id.push_str("null"),
         }
     }
-    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+    group_id_text(id)
+}
+
+/// A `MessageGroupId` SQS and SNS accept: `id`, or its SHA-256 hex when over 128
+/// characters or holding a character they refuse (outside printable ASCII).
+pub fn group_id_text(id: String) -> String {
+    if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
         id
     } else {
         hex::encode(Sha256::digest(id.as_bytes()))
