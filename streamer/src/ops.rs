@@ -932,32 +932,49 @@ pub mod emf {
 
     /// Writes the documents to stderr (the task's log stream) every `interval`, until dropped.
     pub async fn write(tracker: Tracker, slot: String, sink: String, interval: Duration) {
-        let mut prev = Previous::default();
-        let mut per_sink: BTreeMap<String, Previous> = BTreeMap::new();
+        let mut prev = Intervals::default();
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let root = tracker.metrics();
-            let sinks = root.each_sink();
-            let lines = if sinks.is_empty() {
-                lines(root, &tracker, &slot, &sink, &mut prev)
-            } else {
-                let millis = now_millis();
-                let mut out = Vec::new();
-                for (name, m) in sinks {
-                    let name = name.unwrap_or_default();
-                    let prev = per_sink.entry(name.clone()).or_default();
-                    out.extend(sink_lines(&m, m.in_flight(), &slot, &name, prev, millis));
-                }
-                out.extend(slot_lines(root, &slot, &mut prev, millis));
-                out
-            };
+            let lines = interval_lines(&tracker, &slot, &sink, &mut prev);
             let mut err = std::io::stderr().lock();
             for l in lines {
                 let _ = writeln!(err, "{l}");
             }
         }
+    }
+
+    /// What the previous interval had, for the slot and for each sink.
+    #[derive(Debug, Default)]
+    pub struct Intervals {
+        slot: Previous,
+        sinks: BTreeMap<String, Previous>,
+    }
+
+    /// One interval's documents: [`lines`] for a streamer with one sink (`sink`, recording
+    /// on the tracker's metrics), else each sink's (its `Sink` dimension is its name) and
+    /// the slot's.
+    pub fn interval_lines(
+        tracker: &Tracker,
+        slot: &str,
+        sink: &str,
+        prev: &mut Intervals,
+    ) -> Vec<String> {
+        let root = tracker.metrics();
+        let sinks = root.each_sink();
+        if sinks.is_empty() {
+            return lines(root, tracker, slot, sink, &mut prev.slot);
+        }
+        let millis = now_millis();
+        let mut out = Vec::new();
+        for (name, m) in sinks {
+            let name = name.unwrap_or_default();
+            let p = prev.sinks.entry(name.clone()).or_default();
+            out.extend(sink_lines(&m, m.in_flight(), slot, &name, p, millis));
+        }
+        out.extend(slot_lines(root, slot, &mut prev.slot, millis));
+        out
     }
 
     #[cfg(test)]
@@ -1031,6 +1048,78 @@ pub mod emf {
             let per_table: serde_json::Value = serde_json::from_str(&again[0]).expect("json");
             assert_eq!(per_table["EventsDelivered"], 1);
             assert_eq!(per_table["EventsReceived"], 0);
+        }
+
+        #[test]
+        fn each_sink_of_several_has_its_own_documents() {
+            let tracker = Tracker::new(0);
+            let root = tracker.metrics();
+            let (a, b) = (root.add_sink("a"), root.add_sink("b"));
+            for seq in 0..3 {
+                root.received(&event(seq));
+                a.received(&event(seq));
+                a.delivered(&event(seq));
+            }
+            b.received(&event(0));
+            b.sent(1);
+            root.set_lag(10);
+            let mut prev = Intervals::default();
+            let docs: Vec<serde_json::Value> = interval_lines(&tracker, "walcast", "x", &mut prev)
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("json"))
+                .collect();
+            let per_sink: Vec<&serde_json::Value> = docs
+                .iter()
+                .filter(|d| d.get("Table").is_none() && d.get("Sink").is_some())
+                .collect();
+            assert_eq!(per_sink.len(), 2, "{docs:?}");
+            assert_eq!(
+                (
+                    per_sink[0]["Sink"].as_str(),
+                    per_sink[0]["EventsDelivered"].as_u64()
+                ),
+                (Some("a"), Some(3))
+            );
+            assert_eq!(
+                (
+                    per_sink[1]["Sink"].as_str(),
+                    per_sink[1]["EventsInFlight"].as_i64()
+                ),
+                (Some("b"), Some(1))
+            );
+            assert_eq!(
+                per_sink[1]["EventsReceived"], 1,
+                "what was handed to that sink"
+            );
+            assert!(
+                docs.iter().any(|d| d["ReplicationLagBytes"] == 10),
+                "the slot's once"
+            );
+        }
+
+        #[test]
+        fn health_and_metrics_name_the_sink_that_failed() {
+            let tracker = Tracker::new(0);
+            let root = tracker.metrics();
+            root.set_connected(true);
+            let (a, b) = (root.add_sink("a"), root.add_sink("b"));
+            a.delivered(&event(0));
+            assert_eq!(root.health(&tracker), Ok(()));
+            b.set_sink_error("the queue is gone");
+            assert_eq!(
+                root.health(&tracker),
+                Err("sink `b` failed: the queue is gone".into())
+            );
+            let text = root.render(&tracker);
+            assert!(text.contains("walcast_sink_up{sink=\"a\"} 1"), "{text}");
+            assert!(text.contains("walcast_sink_up{sink=\"b\"} 0"), "{text}");
+            assert!(
+                text.contains(
+                    "walcast_events_delivered_total{sink=\"a\",table=\"public.users\"} 1"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("walcast_up 0"), "{text}");
         }
 
         #[test]
