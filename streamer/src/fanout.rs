@@ -565,11 +565,10 @@ impl Planned {
 
     /// The first failure of [`check`](Planned::check), if any.
     pub async fn verify(&self) -> Result<(), SinkError> {
-        self.check()
-            .await
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), Err)
+        for d in self.main.iter().chain(self.routes.values()) {
+            d.verify().await?;
+        }
+        Ok(())
     }
 
     /// Starts the sinks, accepting on `tracker`.

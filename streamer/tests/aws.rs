@@ -630,34 +630,13 @@ async fn fifo_exactly_once_across_kill_9_of_the_binary() {
     )
     .expect("config");
     let start = |run: u32| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(format!("err-{run}.log"))).expect("log"))
-            .spawn()
-            .expect("spawn streamer")
+        crate::support::spawn_streamer(&config, &dir.path().join(format!("err-{run}.log")))
     };
     let mut child = start(1);
     // Changes count from the slot's consistent point on: wait until it streams.
     db.wait_streaming(&format!("s_{}", db.name)).await;
     const N: usize = 2000;
-    let writer = {
-        let client = crate::support::connect(&db.url).await;
-        tokio::spawn(async move {
-            for b in 0..(N / 100) {
-                client
-                    .batch_execute(&format!(
-                        "INSERT INTO k SELECT g, 0 FROM generate_series({}, {}) g",
-                        b * 100 + 1,
-                        b * 100 + 100
-                    ))
-                    .await
-                    .expect("insert");
-            }
-        })
-    };
+    let writer = crate::support::insert_in_batches(&db.url, "k", N, 100).await;
     let mut got = receive_until(&sqs, &url, 300, false).await;
     child.kill().expect("kill -9");
     let _ = child.wait();

@@ -314,33 +314,12 @@ async fn kill_9_with_two_sinks_loses_nothing_on_either() {
     )
     .expect("config");
     let start = |run: u32| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join(format!("err-{run}.log"))).expect("log"))
-            .spawn()
-            .expect("spawn streamer")
+        crate::support::spawn_streamer(&config, &dir.path().join(format!("err-{run}.log")))
     };
     let mut child = start(1);
     db.wait_streaming(&format!("s_{}", db.name)).await;
     const N: usize = 1000;
-    let writer = {
-        let client = crate::support::connect(&db.url).await;
-        tokio::spawn(async move {
-            for b in 0..(N / 50) {
-                client
-                    .batch_execute(&format!(
-                        "INSERT INTO k SELECT g, 0 FROM generate_series({}, {}) g",
-                        b * 50 + 1,
-                        b * 50 + 50
-                    ))
-                    .await
-                    .expect("insert");
-            }
-        })
-    };
+    let writer = crate::support::insert_in_batches(&db.url, "k", N, 50).await;
     crate::support::eventually(WAIT, || async {
         sqs.get_queue_attributes()
             .queue_url(&fifo)

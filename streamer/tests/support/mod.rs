@@ -550,3 +550,39 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Spawns the streamer binary (`streamer run --config CONFIG`, RUST_LOG=info), its
+/// stderr into `log`, its stdout discarded.
+pub fn spawn_streamer(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn streamer")
+}
+
+/// Inserts rows `(id, 0)` with ids 1..=n into `table`, `batch` rows a transaction,
+/// on a connection of its own, in a task.
+pub async fn insert_in_batches(
+    url: &str,
+    table: &'static str,
+    n: usize,
+    batch: usize,
+) -> tokio::task::JoinHandle<()> {
+    let client = connect(url).await;
+    tokio::spawn(async move {
+        for b in 0..n.div_ceil(batch) {
+            let last = ((b + 1) * batch).min(n);
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO {table} SELECT g, 0 FROM generate_series({}, {last}) g",
+                    b * batch + 1
+                ))
+                .await
+                .expect("insert");
+        }
+    })
+}
