@@ -346,6 +346,26 @@ pub fn version_report(version: u32) -> String {
 /// With several sinks, each finding names its sink.
 pub async fn check_sink(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
+    if let Ok(catalog) =
+        crate::replication::Catalog::connect(&config.postgres(), &config.source.slot).await
+    {
+        match crate::fanout::check_selections(config, &catalog).await {
+            Ok(found) => findings.extend(found.into_iter().map(|f| match f {
+                Ok(message) => Finding {
+                    level: Level::Warn,
+                    message,
+                },
+                Err(message) => Finding {
+                    level: Level::Fail,
+                    message,
+                },
+            })),
+            Err(e) => findings.push(Finding {
+                level: Level::Fail,
+                message: format!("checking the sinks' tables and columns: {e}"),
+            }),
+        }
+    }
     for sink in &config.sinks {
         let results = match Planned::connect(sink).await {
             Ok(p) => p.check().await,

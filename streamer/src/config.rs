@@ -384,7 +384,17 @@ impl SinkConfig {
             }
             Ok((s, t))
         };
+        let by_name = |setting: &str, table: &str| {
+            if table.contains(['*', '?', '[', '{']) {
+                return Err(field(
+                    key(setting),
+                    format!("`{table}` is a glob: {setting} are given per table, by name (schema.table)"),
+                ));
+            }
+            Ok(())
+        };
         for (table, cols) in &self.group_columns {
+            by_name("group_columns", table)?;
             published(table).map_err(|e| field(key("group_columns"), e))?;
             if cols.is_empty() {
                 return Err(field(
@@ -407,6 +417,7 @@ impl SinkConfig {
         }
         for (table, cols) in &self.columns {
             let at = format!("{}.{table}", key("columns"));
+            by_name("columns", table)?;
             published(table).map_err(|e| field(key("columns"), e))?;
             match (&cols.include, cols.exclude.is_empty()) {
                 (Some(_), false) => {
@@ -813,6 +824,20 @@ impl Config {
                 "not set: pass --config FILE (YAML with source.url) or set WALCAST_SOURCE_URL",
             ));
         }
+        if let Some(sinks) = root.get("sinks").and_then(|s| s.as_sequence()) {
+            if sinks.is_empty() {
+                return Err(field(
+                    "sinks",
+                    "lists no sink: give at least one, or use the one-sink form `sink:`",
+                ));
+            }
+            if let Some(i) = sinks.iter().position(|s| s.get("name").is_none()) {
+                return Err(field(
+                    format!("sinks[{i}].name"),
+                    "required in a sinks list: each sink's own name (its metadata.consumer.name and metrics label)",
+                ));
+            }
+        }
         let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::Parse(format!("{path}: {}", e.into_inner()))
@@ -824,8 +849,9 @@ impl Config {
                     "sinks",
                     match by_env {
                         Some(var) => format!(
-                            "{var} sets the one-sink form `sink:`, and the file has a `sinks:` \
-                             list: set that sink's keys in its entry of the list"
+                            "{var} sets the one-sink form `sink:`, and a `sinks:` list is set \
+                             (in the file or WALCAST_SINKS): set that sink's keys in its entry \
+                             of the list"
                         ),
                         None => "both `sink:` and `sinks:` are set: keep one (`sink:` is the \
                                  one-sink form of `sinks:`)"
@@ -1544,10 +1570,28 @@ mod tests {
                 "  - {name: a, filter: '.action =='}\n".into(),
                 "invalid config: sinks[0].filter: jq: expected term",
             ),
+            (
+                "  - {name: a}\n  - {type: stdout}\n".into(),
+                "invalid config: sinks[1].name: required in a sinks list",
+            ),
+            (
+                "  - {name: a, columns: {'public.*': {exclude: [secret]}}}\n".into(),
+                "invalid config: sinks[0].columns: `public.*` is a glob",
+            ),
         ] {
             let e = refused(&sinks);
             assert!(e.starts_with(want), "{sinks}\n{e}");
         }
+        let none = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsinks: []"),
+            Vec::new(),
+        )
+        .expect_err("empty");
+        assert!(
+            none.to_string()
+                .starts_with("invalid config: sinks: lists no sink"),
+            "{none}"
+        );
         let both = Config::load(
             Some("source: {url: 'postgres://u@h/d'}\nsink: {name: x}\nsinks:\n  - {name: y}\n"),
             Vec::new(),

@@ -96,9 +96,11 @@ pub struct Lane<S> {
     metrics: Arc<Metrics>,
     /// `metrics` are this sink's alone (not the slot's): it counts what it was handed.
     own_metrics: bool,
+    /// The sink shares a FIFO destination with another: its deduplication ids are its own.
+    dedup_scope: Option<Arc<str>>,
 }
 
-impl<S: Sink> Lane<S> {
+impl<S> Lane<S> {
     /// A lane for `config` (validated by `Config::load`). `first`: the first sink,
     /// whose group columns the tables were resolved with. `metrics` is where this
     /// sink's figures go (the tracker its outlets accept on records there too).
@@ -154,7 +156,15 @@ impl<S: Sink> Lane<S> {
             dead_letter,
             metrics,
             own_metrics: false,
+            dedup_scope: None,
         })
+    }
+
+    /// The sink shares a FIFO queue or topic with another sink: its events get
+    /// deduplication ids of their own (see [`Event::dedup_scope`]).
+    pub fn with_own_dedup_ids(mut self) -> Self {
+        self.dedup_scope = Some(Arc::from(self.name.as_str()));
+        self
     }
 
     /// The lane's metrics are its own, not the slot's: it also counts the events
@@ -344,14 +354,12 @@ impl<S: Sink> Lane<S> {
         let key = self.at_key(setting);
         if self.dead_letter.is_none() {
             return Err(format!(
-                "{key} failed on an event of {} (commit_lsn {}, commit_idx {}): fix the expression, \
-                 or set {}.dead_letter_queue_url to set such events aside; `streamer transform \
-                 --config FILE --sink {} < event.json` shows the error",
-                event.table.qualified,
-                event.commit_lsn,
-                event.commit_idx,
-                self.at,
-                self.name
+                "{key} failed on an event of {} (commit_lsn {}, commit_idx {}; the reason is not \
+                 logged, it can quote row values): fix the expression, or set \
+                 {}.dead_letter_queue_url to set such events aside with their reason; try it on a \
+                 sample event of that table with `streamer transform --config FILE --sink {} < \
+                 event.json`",
+                event.table.qualified, event.commit_lsn, event.commit_idx, self.at, self.name
             ));
         }
         // The reason may quote values (jq's messages do): it goes to the dead-letter
@@ -394,11 +402,122 @@ impl<S: Sink> Lane<S> {
         }))
     }
 
+    /// What this sink would send for a change event given as JSON (`streamer
+    /// transform`): its selection (tables, actions, columns), its `metadata.consumer`,
+    /// then route, group, filter and transform, as [`Lane::verdict`] does.
+    pub fn preview(&self, event: &str) -> Result<Preview, String> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(event).map_err(|e| format!("not JSON: {e}"))?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let (schema, name) = (
+            text(&v["metadata"]["table_schema"]),
+            text(&v["metadata"]["table_name"]),
+        );
+        let table = format!("{schema}.{name}");
+        let taken = (self.include.is_empty() || self.include.iter().any(|g| g.is_match(&table)))
+            && !self.exclude.iter().any(|g| g.is_match(&table));
+        if !taken {
+            return Ok(Preview::Skipped(format!(
+                "{table} is not among {}",
+                self.at_key("tables")
+            )));
+        }
+        let action: Option<Action> = serde_json::from_value(v["action"].clone()).ok();
+        if let Some(a) = action.filter(|a| !self.takes(*a)) {
+            return Ok(Preview::Skipped(format!(
+                "{} is not among {}",
+                a.as_str(),
+                self.at_key("actions")
+            )));
+        }
+        if let Some((_, rule)) = self
+            .columns
+            .iter()
+            .find(|((s, t), _)| *s == schema && *t == name)
+        {
+            for part in ["record", "changes"] {
+                if let Some(o) = v[part].as_object_mut() {
+                    o.retain(|k, _| {
+                        rule.include.as_ref().is_none_or(|i| i.contains(k))
+                            && !rule.exclude.contains(k)
+                    });
+                }
+            }
+        }
+        if let Some(meta) = v["metadata"].as_object_mut() {
+            meta.insert("consumer".into(), self.builder.consumer_json());
+        }
+        let payload = v.to_string();
+        let input = Input::parse(&payload)?;
+        let fail = |setting: &str, reason: String| {
+            let reason = format!("{}: {reason}", self.at_key(setting));
+            if self.dead_letter.is_some() {
+                Ok(Preview::DeadLettered(reason))
+            } else {
+                Err(reason)
+            }
+        };
+        let destination = match self.outlet(&input) {
+            Ok(0) => None,
+            Ok(i) => self.route_names.get(i - 1).cloned(),
+            Err(e) => return fail("route", e),
+        };
+        let group = match &self.group {
+            None => None,
+            Some(g) => match text_output(g, &input) {
+                Ok(Some(id)) => Some(event::group_id_text(id)),
+                Ok(None) => return fail("group_id", "yielded no string".into()),
+                Err(e) => return fail("group_id", e),
+            },
+        };
+        let body = match self.shape.apply_to(&input) {
+            Ok(Shaped::Keep) => payload,
+            Ok(Shaped::Send(body)) => body,
+            Ok(Shaped::Skip) => {
+                return Ok(Preview::Skipped(
+                    "the filter did not yield true, or the transform yielded nothing".into(),
+                ))
+            }
+            Err(e) => {
+                let (setting, reason) = e.split_once(": ").unwrap_or(("transform", &e));
+                let setting = setting.rsplit('.').next().unwrap_or(setting).to_owned();
+                return fail(&setting, reason.to_owned());
+            }
+        };
+        Ok(Preview::Sent {
+            body,
+            destination,
+            group,
+        })
+    }
+}
+
+/// What [`Lane::preview`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preview {
+    /// Sent: this body, to the named destination (`None`: the sink's own), with this
+    /// FIFO group when `group_id` is set.
+    Sent {
+        /// The message body.
+        body: String,
+        /// The `destinations` entry `route` chose.
+        destination: Option<String>,
+        /// The group `group_id` yielded.
+        group: Option<String>,
+    },
+    /// Left out, and why.
+    Skipped(String),
+    /// An expression failed; the sink's dead-letter queue would get it with this reason.
+    DeadLettered(String),
+}
+
+impl<S: Sink> Lane<S> {
     /// Hands a verdict's event, numbered `seq`, to its outlet.
     pub async fn send(&mut self, seq: u64, verdict: Verdict) -> Result<(), SinkError> {
         match verdict {
             Verdict::Send(outlet, mut event) => {
                 event.seq = seq;
+                event.dedup_scope = self.dedup_scope.clone();
                 if self.own_metrics {
                     self.metrics.received(&event);
                 }
@@ -407,6 +526,7 @@ impl<S: Sink> Lane<S> {
             }
             Verdict::DeadLetter(mut event) => {
                 event.seq = seq;
+                event.dedup_scope = self.dedup_scope.clone();
                 self.metrics.dead_lettered(&event);
                 match &mut self.dead_letter {
                     Some(dlq) => dlq.send(event).await,
@@ -556,9 +676,15 @@ impl Planned {
 
     /// Checks every destination: what was found, or the failure naming the setting.
     pub async fn check(&self) -> Vec<Result<String, SinkError>> {
-        let mut out = Vec::new();
+        let mut out: Vec<Result<String, SinkError>> = Vec::new();
         for d in self.main.iter().chain(self.routes.values()) {
-            out.extend(d.check().await);
+            for r in d.check().await {
+                // The routes share the sink's dead-letter queue and bucket: say it once.
+                let seen = matches!(&r, Ok(m) if out.iter().any(|o| matches!(o, Ok(x) if x == m)));
+                if !seen {
+                    out.push(r);
+                }
+            }
         }
         out
     }
@@ -590,6 +716,107 @@ impl Planned {
                 .map(|d| AnySink::Aws(d.start(tracker.for_sink(Arc::default())))),
         })
     }
+}
+
+/// What the sinks' selections say about the tables they will see, checked against
+/// the catalog before anything is created: `Err` lines are settings that cannot
+/// work (a `columns` or `group_columns` entry naming a table that is not published,
+/// or a column the table lacks, or leaving out a key column); `Ok` lines are
+/// warnings (a `tables` selection that matches no published table).
+pub async fn check_selections(
+    config: &crate::config::Config,
+    catalog: &crate::replication::Catalog,
+) -> Result<Vec<Result<String, String>>, crate::replication::ReplicationError> {
+    // The tables the slot will stream: the publication's, else those it will be made of.
+    let tables = match catalog.publication(&config.source.publication).await? {
+        Some(p) => p.tables,
+        None if config.source.tables.is_empty() => catalog.user_tables().await?,
+        None => config.tables(),
+    };
+    let names: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+    let list = || {
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    let mut out = Vec::new();
+    for sink in &config.sinks {
+        let (include, exclude) = sink.tables.globs();
+        let (include, exclude) = (
+            include
+                .iter()
+                .filter_map(|g| table_glob(g).ok())
+                .collect::<Vec<_>>(),
+            exclude
+                .iter()
+                .filter_map(|g| table_glob(g).ok())
+                .collect::<Vec<_>>(),
+        );
+        let taken = names
+            .iter()
+            .filter(|n| {
+                (include.is_empty() || include.iter().any(|g| g.is_match(n)))
+                    && !exclude.iter().any(|g| g.is_match(n))
+            })
+            .count();
+        if taken == 0 && !names.is_empty() {
+            out.push(Ok(format!(
+                "{}: matches no published table (published: {}): sink `{}` receives nothing",
+                sink.key("tables"),
+                list(),
+                sink.name
+            )));
+        }
+        let per_table = sink
+            .columns
+            .iter()
+            .map(|(t, c)| (t, "columns", Some(c), None))
+            .chain(
+                sink.group_columns
+                    .iter()
+                    .map(|(t, g)| (t, "group_columns", None, Some(g))),
+            );
+        for (table, setting, columns, group) in per_table {
+            let key = sink.key(setting);
+            let Some((schema, name)) = parse_table(table) else {
+                continue;
+            };
+            if !tables.iter().any(|(s, n)| *s == schema && *n == name) {
+                out.push(Err(format!(
+                    "{key}: `{table}` is not a published table (published: {})",
+                    list()
+                )));
+                continue;
+            }
+            let Some((all, key_columns)) = catalog.columns_and_key(&schema, &name).await? else {
+                continue;
+            };
+            let at = format!("{key}.{table}");
+            let named = columns
+                .into_iter()
+                .flat_map(|c| c.include.iter().flatten().chain(&c.exclude))
+                .chain(group.into_iter().flatten());
+            for c in named {
+                if !all.contains(c) {
+                    out.push(Err(format!("{at}: {schema}.{name} has no column `{c}`")));
+                }
+            }
+            if let Some(c) = columns {
+                let left_out = key_columns.iter().find(|k| {
+                    c.exclude.contains(k) || c.include.as_ref().is_some_and(|i| !i.contains(k))
+                });
+                if let Some(k) = left_out {
+                    out.push(Err(format!(
+                        "{at}: leaves out `{k}`, a key column of {schema}.{name}: the key is the \
+                         event's identity (record_pks, the FIFO group); keep it"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Connects and checks every sink of `config` (before set-up: a wrong queue,
@@ -630,6 +857,25 @@ pub fn start(
 ) -> Result<Vec<Lane<AnySink>>, SinkError> {
     let database = crate::pipeline::database_meta(config);
     let several = config.sinks.len() > 1;
+    // FIFO destinations named by more than one sink: the FIFO queue would drop the
+    // second sink's copy of an event as a replay of the first (same idempotency key).
+    let fifo_targets = |s: &SinkConfig| -> Vec<String> {
+        s.target()
+            .into_iter()
+            .chain(s.destinations.values().map(String::as_str))
+            .chain(s.dead_letter_queue_url.as_deref())
+            .filter(|t| t.ends_with(".fifo"))
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let mut users: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &config.sinks {
+        for t in fifo_targets(s) {
+            *users.entry(t).or_default() += 1;
+        }
+    }
     let mut lanes = Vec::with_capacity(planned.len());
     for (i, (sink, planned)) in config.sinks.iter().zip(planned).enumerate() {
         let metrics = if several {
@@ -644,11 +890,25 @@ pub fn start(
                 reason,
             }
         })?;
-        lanes.push(if several {
+        let lane = if several {
             lane.with_own_metrics()
         } else {
             lane
+        };
+        let shares = fifo_targets(sink).iter().any(|t| users.get(t) > Some(&1));
+        lanes.push(if shares {
+            lane.with_own_dedup_ids()
+        } else {
+            lane
         });
+        tracing::info!(
+            sink = %sink.name,
+            kind = ?sink.kind,
+            target = sink.target().unwrap_or("stdout"),
+            routes = sink.destinations.len(),
+            own_dedup_ids = shares,
+            "sink started"
+        );
     }
     Ok(lanes)
 }
@@ -821,11 +1081,52 @@ mod tests {
         let stop = l.verdict(e).expect_err("no dead-letter queue");
         assert!(
             stop.starts_with(
-                "sinks[0].route failed on an event of public.orders (commit_lsn 100, commit_idx 0)"
+                "sinks[0].route failed on an event of public.orders (commit_lsn 100, commit_idx 0;"
             ),
             "{stop}"
         );
         assert!(!stop.contains("a@x"), "no values in the reason: {stop}");
+    }
+
+    #[test]
+    fn transform_previews_the_whole_sink() {
+        let t = Tracker::new(0);
+        let users = users();
+        let yaml = "  - name: a\n    type: sqs\n    queue_url: https://sqs.eu-west-1.amazonaws.com/1/main.fifo\n    tables: [users]\n    actions: [insert]\n    columns: {users: {exclude: [password_hash]}}\n    destinations: {t: 'https://sqs.eu-west-1.amazonaws.com/1/t.fifo'}\n    route: '\"t\"'\n    group_id: '.record.tenant'\n";
+        let mut l = lane(yaml, &t);
+        let e = insert(&mut l, &users, ["1", "a@x", "secret", "t1"]);
+        let mut plain = lane("  - {name: other}", &t);
+        let source = insert(&mut plain, &users, ["1", "a@x", "secret", "t1"]).payload;
+        let Ok(Preview::Sent {
+            body,
+            destination,
+            group,
+        }) = l.preview(&source)
+        else {
+            panic!("sent")
+        };
+        assert_eq!(
+            body, e.payload,
+            "what the pipeline itself builds for the sink"
+        );
+        assert_eq!(
+            (destination.as_deref(), group.as_deref()),
+            (Some("t"), Some("t1"))
+        );
+        let update = source.replace("\"action\":\"insert\"", "\"action\":\"update\"");
+        assert_eq!(
+            l.preview(&update),
+            Ok(Preview::Skipped(
+                "update is not among sinks[0].actions".into()
+            ))
+        );
+        let orders = insert(&mut plain, &named("orders"), ["1", "a", "b", "c"]).payload;
+        assert_eq!(
+            l.preview(&orders),
+            Ok(Preview::Skipped(
+                "public.orders is not among sinks[0].tables".into()
+            ))
+        );
     }
 
     #[test]

@@ -202,10 +202,21 @@ fn transform(config: &Config, sink: Option<&str>) -> anyhow::Result<ExitCode> {
             names()
         ),
     };
-    let shape = walcast_streamer::jq::Shape::compile_at(
-        &chosen.at,
-        chosen.filter.as_deref(),
-        chosen.transform.as_deref(),
+    let outlets = fanout::Outlets {
+        main: (),
+        routes: chosen
+            .destinations
+            .keys()
+            .map(|n| (n.clone(), ()))
+            .collect(),
+        dead_letter: chosen.dead_letter_queue_url.as_ref().map(|_| ()),
+    };
+    let lane = fanout::Lane::new(
+        chosen,
+        true,
+        &walcast_streamer::pipeline::database_meta(config),
+        outlets,
+        Arc::default(),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let mut input = String::new();
@@ -216,13 +227,31 @@ fn transform(config: &Config, sink: Option<&str>) -> anyhow::Result<ExitCode> {
     for (n, value) in values.enumerate() {
         let n = n + 1;
         let value = value.map_err(|e| anyhow::anyhow!("event {n} on stdin is not JSON: {e}"))?;
-        let text = value.to_string();
-        match shape.apply(&text) {
-            Ok(walcast_streamer::jq::Shaped::Keep) => println!("{text}"),
-            Ok(walcast_streamer::jq::Shaped::Send(body)) => println!("{body}"),
-            Ok(walcast_streamer::jq::Shaped::Skip) => eprintln!(
-                "event {n}: not sent (the filter did not yield true, or the transform yielded nothing)"
-            ),
+        match lane.preview(&value.to_string()) {
+            Ok(fanout::Preview::Sent {
+                body,
+                destination,
+                group,
+            }) => {
+                println!("{body}");
+                if destination.is_some() || group.is_some() {
+                    eprintln!(
+                        "event {n}: to {}{}",
+                        destination.map_or_else(
+                            || "the sink's own destination".to_owned(),
+                            |d| format!("destination `{d}`")
+                        ),
+                        group
+                            .map(|g| format!(", message group {g}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(fanout::Preview::Skipped(why)) => eprintln!("event {n}: not sent: {why}"),
+            Ok(fanout::Preview::DeadLettered(reason)) => {
+                failed = true;
+                eprintln!("event {n}: to the dead-letter queue: {reason}");
+            }
             Err(e) => {
                 failed = true;
                 eprintln!("event {n}: {e}");
@@ -272,6 +301,29 @@ async fn run(
     // The sinks first: a wrong queue, topic, region or credential stops start-up
     // with the setting to fix before the publication and the slot exist.
     let planned = fanout::plan(&config).await?;
+    // What the sinks select, against the tables: a column that cannot be left out, or
+    // a typo that would send what it meant to hide, stops here (exit 2).
+    {
+        let catalog = walcast_streamer::replication::Catalog::connect(
+            &config.postgres(),
+            &config.source.slot,
+        )
+        .await?;
+        let mut refused = Vec::new();
+        for finding in fanout::check_selections(&config, &catalog).await? {
+            match finding {
+                Ok(warning) => tracing::warn!("{warning}"),
+                Err(problem) => refused.push(problem),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(SinkError::Setting {
+                setting: "sinks",
+                reason: refused.join("; "),
+            }
+            .into());
+        }
+    }
     let slot = pipeline::setup(&config).await?;
     if slot.created && config.backfill.initial {
         let ids = backfill::cli::request_initial(&config)

@@ -1002,6 +1002,7 @@ pub mod emf {
                 idempotency_key: "k".into(),
                 pks: "[\"1\"]".into(),
                 payload: "{}".into(),
+                dedup_scope: None,
             }
         }
 

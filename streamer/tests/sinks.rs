@@ -366,3 +366,111 @@ async fn kill_9_with_two_sinks_loses_nothing_on_either() {
     let _ = child.wait();
     db.drop_db().await;
 }
+
+/// The selections against the tables, before anything is created: a typo in a
+/// `columns` table or column, or a key column left out, is refused (exit 2 from
+/// `streamer run`, no slot made); a `tables` selection matching nothing is a warning.
+#[tokio::test]
+async fn selections_are_checked_against_the_tables_before_anything_is_created() {
+    let db = TestDb::new("sinks_check").await;
+    db.exec("CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text)")
+        .await;
+    let q = "https://sqs.eu-west-1.amazonaws.com/1/q";
+    let sinks = format!(
+        "sinks:\n  - {{name: a, columns: {{public.user: {{exclude: [password_hash]}}}}}}\n  - {{name: b, type: sqs, queue_url: '{q}', columns: {{users: {{exclude: [password_hsh]}}}}}}\n  - {{name: c, type: sqs, queue_url: '{q}', columns: {{users: {{include: [email]}}}}, tables: [userz]}}\n"
+    );
+    let yaml = db.config_yaml(&sinks);
+    let config = Config::load(Some(&yaml), Vec::new()).expect("valid config");
+    let catalog =
+        walcast_streamer::replication::Catalog::connect(&config.postgres(), &config.source.slot)
+            .await
+            .expect("catalog");
+    let found = fanout::check_selections(&config, &catalog)
+        .await
+        .expect("checked");
+    let fail: Vec<&str> = found
+        .iter()
+        .filter_map(|f| f.as_ref().err())
+        .map(String::as_str)
+        .collect();
+    let warn: Vec<&str> = found
+        .iter()
+        .filter_map(|f| f.as_ref().ok())
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fail,
+        vec![
+            "sinks[0].columns: `public.user` is not a published table (published: public.users)",
+            "sinks[1].columns.users: public.users has no column `password_hsh`",
+            "sinks[2].columns.users: leaves out `id`, a key column of public.users: the key is the event's identity (record_pks, the FIFO group); keep it",
+        ]
+    );
+    assert_eq!(
+        warn,
+        vec!["sinks[2].tables: matches no published table (published: public.users): sink `c` receives nothing"]
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("streamer.yaml");
+    std::fs::write(
+        &file,
+        db.config_yaml(
+            "sinks:\n  - {name: a, columns: {public.user: {exclude: [password_hash]}}}\n",
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("streamer runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`public.user` is not a published table"),
+        "{stderr}"
+    );
+    let slots = crate::support::connect(&db.url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .get::<_, i64>(0);
+    assert_eq!(slots, 0, "refused before the slot was made");
+    db.drop_db().await;
+}
+
+/// Two sinks sending to one FIFO queue: each copy arrives (their deduplication ids
+/// are their own), and each sink's replays would still be dropped.
+#[tokio::test]
+async fn two_sinks_on_one_fifo_queue_both_arrive() {
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (fifo, _) = create_queue(&sqs, &format!("{}.fifo", unique("shared"))).await;
+    let db = TestDb::new("sinks_shared").await;
+    db.exec("CREATE TABLE s (id int PRIMARY KEY)").await;
+    let yaml = format!(
+        "  tables: [s]\nsinks:\n{}{}",
+        entry(emu, "full", "sqs", &fifo, ""),
+        entry(
+            emu,
+            "short",
+            "sqs",
+            &fifo,
+            "    transform: '{id: .record.id}'\n"
+        ),
+    );
+    let run = Run::start(&db, &yaml).await;
+    db.exec("INSERT INTO s VALUES (1), (2), (3)").await;
+    let got = receive(&sqs, &fifo, 6).await;
+    let short = got
+        .iter()
+        .filter(|m| body(m).get("metadata").is_none())
+        .count();
+    assert_eq!((got.len(), short), (6, 3), "both sinks' copies");
+    run.stop().await;
+    db.drop_db().await;
+}

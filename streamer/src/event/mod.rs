@@ -150,16 +150,31 @@ pub struct Event {
     pub pks: String,
     /// The event's JSON.
     pub payload: String,
+    /// Set when another sink sends to the same FIFO destination: the sink's name,
+    /// which then makes the deduplication id its own (else the destination would
+    /// drop the second sink's copy as a replay of the first).
+    pub dedup_scope: Option<std::sync::Arc<str>>,
 }
 
 impl Event {
     /// The FIFO `MessageDeduplicationId`: the idempotency key, or its SHA-256 hex when
-    /// over the 128 characters SQS and SNS accept (a `read` of a long key).
+    /// over the 128 characters SQS and SNS accept (a `read` of a long key); with a
+    /// [`dedup_scope`](Event::dedup_scope), the SHA-256 hex of `scope:key`.
     pub fn deduplication_id(&self) -> std::borrow::Cow<'_, str> {
-        if self.idempotency_key.len() <= 128 {
-            std::borrow::Cow::Borrowed(&self.idempotency_key)
-        } else {
-            std::borrow::Cow::Owned(hex::encode(Sha256::digest(self.idempotency_key.as_bytes())))
+        match &self.dedup_scope {
+            Some(scope) => {
+                let mut h = Sha256::new();
+                h.update(scope.as_bytes());
+                h.update(b":");
+                h.update(self.idempotency_key.as_bytes());
+                std::borrow::Cow::Owned(hex::encode(h.finalize()))
+            }
+            None if self.idempotency_key.len() <= 128 => {
+                std::borrow::Cow::Borrowed(&self.idempotency_key)
+            }
+            None => std::borrow::Cow::Owned(hex::encode(Sha256::digest(
+                self.idempotency_key.as_bytes(),
+            ))),
         }
     }
 }
@@ -269,6 +284,8 @@ pub enum EventError {
 pub struct EventBuilder {
     /// `,"database_name":…,"consumer":{…},"database":{…}}}`
     suffix: String,
+    /// The sink's `metadata.consumer`.
+    consumer: serde_json::Value,
 }
 
 const UNCHANGED_TOAST: &str = "\"unchanged_toast\"";
@@ -283,7 +300,15 @@ impl EventBuilder {
         suffix.push_str(",\"database\":");
         suffix.push_str(&serde_json::to_string(database).unwrap_or_else(|_| "null".into()));
         suffix.push_str("}}");
-        EventBuilder { suffix }
+        EventBuilder {
+            suffix,
+            consumer: serde_json::to_value(consumer).unwrap_or_default(),
+        }
+    }
+
+    /// The sink's `metadata.consumer`, as JSON.
+    pub fn consumer_json(&self) -> serde_json::Value {
+        self.consumer.clone()
     }
 
     /// Builds the event for one change and advances the transaction's `commit_idx`.
@@ -459,6 +484,7 @@ impl EventBuilder {
             idempotency_key,
             pks,
             payload: out,
+            dedup_scope: None,
         })
     }
 }
@@ -870,6 +896,29 @@ mod tests {
         fn transaction_annotations(&self) -> Option<&serde_json::Value> {
             self.metadata.transaction_annotations.as_ref()
         }
+    }
+
+    #[test]
+    fn a_dedup_scope_makes_the_deduplication_id_the_sinks_own() {
+        let table = users();
+        let mut tx = Transaction::begin(100, 0);
+        let row = [Datum::Text(b"1"), Datum::Text(b"a"), Datum::Null];
+        let mut e = builder()
+            .build(&mut tx, &table, RowChange::Insert(&row.to_vec()))
+            .expect("event");
+        let plain = e.deduplication_id().into_owned();
+        assert_eq!(plain, e.idempotency_key);
+        e.dedup_scope = Some("a".into());
+        let a = e.deduplication_id().into_owned();
+        e.dedup_scope = Some("b".into());
+        let b = e.deduplication_id().into_owned();
+        assert!(a != plain && a != b && a.len() == 64, "{a} {b}");
+        e.dedup_scope = Some("a".into());
+        assert_eq!(
+            e.deduplication_id(),
+            a,
+            "stable: replays of a sink are still dropped"
+        );
     }
 
     #[test]

@@ -262,6 +262,24 @@ impl Catalog {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// A table's columns (in order) and its key columns (the primary key, or the
+    /// replica identity index): `None` when there is no such table.
+    pub async fn columns_and_key(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, ReplicationError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT array(SELECT a.attname::text FROM pg_attribute a                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),                  array(SELECT a.attname::text FROM pg_index i                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)                    WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE n.nspname = $1 AND c.relname = $2",
+                &[&schema, &table],
+            )
+            .await
+            .map_err(|e| self.err("reading a table's columns", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// What each table is, and why publishing it would break the application's
     /// writes, if it would (see [`TableInfo::identity_problem`]).
     pub async fn table_info(

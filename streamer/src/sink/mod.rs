@@ -205,5 +205,6 @@ fn test_event(seq: u64, group: &str, payload: String) -> Event {
         idempotency_key: format!("k{seq}"),
         pks: String::from("[]"),
         payload,
+        dedup_scope: None,
     }
 }
