@@ -1,10 +1,10 @@
 //! The whole pipeline, started for one test: a throwaway Postgres, MiniStack (a local AWS
-//! emulator) with the project's own `template.yaml` deployed to it, and one streamer per
-//! delivery path.
+//! emulator) with the project's own `template.yaml` deployed to it, and one streamer on
+//! one slot with a sink per delivery path.
 //!
 //! ```text
-//!  Postgres ──► streamer (slot e2e_sqs) ──► SQS FIFO ──► event source mapping ──► consumer-sqs
-//!           └─► streamer (slot e2e_sns) ──► SNS topic ──► subscription ─────────► consumer-sns
+//!  Postgres ──► streamer (slot e2e) ─┬─ sink e2e_sqs ──► SQS FIFO ──► event source mapping ──► consumer-sqs
+//!                                    └─ sink e2e_sns ──► SNS topic ──► subscription ─────────► consumer-sns
 //!                                                         (both in MiniStack, as local processes)
 //! ```
 //!
@@ -277,7 +277,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts Postgres (with the `users`/`orders` sample schema) and MiniStack, deploys
     /// `template.yaml` with `DeliveryPath` = `delivery` and the extra `params`, and starts
-    /// a streamer for each path in `paths`, each on its own slot.
+    /// the streamer with a sink for each path in `paths`, on one slot.
     pub async fn start(delivery: &str, params: &[(&str, &str)], paths: &[Route]) -> Result<Self> {
         let root = repo_root();
         let bin = build_binaries()?;
@@ -368,10 +368,8 @@ impl Pipeline {
             sqs,
         };
         pipeline.deploy(&bin, delivery, params)?;
-        for path in paths {
-            pipeline.start_streamer(&bin, *path)?;
-        }
-        // Each streamer creates its slot (and the shared publication) when missing.
+        pipeline.start_streamer(&bin, paths)?;
+        // The streamer creates its slot (and the publication) when missing.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let row = db
@@ -380,7 +378,7 @@ impl Pipeline {
                     &[],
                 )
                 .await?;
-            if row.get::<_, i64>(0) == paths.len() as i64 {
+            if row.get::<_, i64>(0) == 1 {
                 break;
             }
             for streamer in &mut pipeline.streamers {
@@ -444,30 +442,35 @@ impl Pipeline {
         Ok(())
     }
 
-    fn start_streamer(&mut self, bin: &Path, path: Route) -> Result<()> {
-        let (kind, target_var, target) = match path {
-            Route::Sqs => ("sqs", "WALCAST_SINK_QUEUE_URL", self.output("QueueUrl")?),
-            Route::Sns => ("sns", "WALCAST_SINK_TOPIC_ARN", self.output("TopicArn")?),
-        };
-        let config = self.work.join(format!("streamer-{kind}.yaml"));
+    /// One streamer on one slot, a sink per path (as `infra/local.sh` and the template's
+    /// `DeliveryPath=Both` run it).
+    fn start_streamer(&mut self, bin: &Path, paths: &[Route]) -> Result<()> {
+        let mut sinks = String::new();
+        for path in paths {
+            let (kind, key, target) = match path {
+                Route::Sqs => ("sqs", "queue_url", self.output("QueueUrl")?),
+                Route::Sns => ("sns", "topic_arn", self.output("TopicArn")?),
+            };
+            sinks.push_str(&format!(
+                "  - name: e2e_{kind}\n    type: {kind}\n    {key}: {target}\n    \
+                 endpoint_url: {}\n    region: eu-west-1\n    access_key_id: test\n    \
+                 secret_access_key: test\n",
+                self.endpoint
+            ));
+        }
+        let config = self.work.join("streamer.yaml");
         std::fs::write(
             &config,
             format!(
                 "source:\n  url: {url}\n  tables: [public.users, public.orders]\n  \
-                 slot: e2e_{kind}\n  publication: walcast\n  name: e2e-db\n\
-                 sink:\n  type: {kind}\n  name: e2e_{kind}\n",
+                 slot: e2e\n  publication: walcast\n  name: e2e-db\nsinks:\n{sinks}",
                 url = self.pg.url()
             ),
         )?;
-        let log = std::fs::File::create(self.work.join(format!("streamer-{kind}.log")))?;
+        let log = std::fs::File::create(self.work.join("streamer.log"))?;
         let child = Command::new(bin.join("streamer"))
             .args(["run", "--config"])
             .arg(&config)
-            .env(target_var, target)
-            .env("WALCAST_SINK_ENDPOINT_URL", &self.endpoint)
-            .env("WALCAST_SINK_REGION", "eu-west-1")
-            .env("WALCAST_SINK_ACCESS_KEY_ID", "test")
-            .env("WALCAST_SINK_SECRET_ACCESS_KEY", "test")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -479,13 +482,7 @@ impl Pipeline {
     }
 
     fn streamer_logs(&self) -> String {
-        ["sqs", "sns"]
-            .iter()
-            .filter_map(|kind| {
-                std::fs::read_to_string(self.work.join(format!("streamer-{kind}.log"))).ok()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        std::fs::read_to_string(self.work.join("streamer.log")).unwrap_or_default()
     }
 
     /// A stack output (`QueueUrl`, `DlqUrl`, `TopicArn`, …) or a function's log group
