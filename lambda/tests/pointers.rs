@@ -306,3 +306,90 @@ async fn s3_unreachable_is_a_one_line_retryable_failure() {
         "{text}"
     );
 }
+
+/// Over https the object is fetched through TLS, and a certificate the system
+/// does not trust is refused: the record fails, retryable, the reason naming
+/// the certificate. (A self-signed one for 127.0.0.1, served by Python.)
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("untrusted-tls");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl req failed");
+    let server = "import http.server, ssl, sys\n\
+        class H(http.server.BaseHTTPRequestHandler):\n    \
+            def do_GET(self):\n        \
+                self.send_response(200); self.send_header('Content-Length', '2'); \
+                self.end_headers(); self.wfile.write(b'{}')\n    \
+            def log_message(self, *a): pass\n\
+        s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[1], sys.argv[2])\n\
+        s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+        print(s.server_address[1], flush=True)\n\
+        s.serve_forever()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", server])
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("the server's port");
+    let _server = Kill(child);
+    let payloads = Payloads::with_s3(settings(&format!("https://127.0.0.1:{}", port.trim())));
+    let logs = Logs::capture();
+    let recorder = Recorder::default();
+
+    let response = process(
+        sqs_batch("sqs-extended-client-pointer.json"),
+        &config(payloads),
+        |e, m| recorder.handle(e, m),
+    )
+    .await
+    .expect("batch answered");
+
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot fetch the offloaded body"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    assert!(line.contains("S3 did not answer"), "{line}");
+    assert!(
+        line.contains("invalid peer certificate: UnknownIssuer"),
+        "{line}"
+    );
+    assert!(line.contains("retryable=true"), "{line}");
+}
