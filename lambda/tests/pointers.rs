@@ -276,6 +276,28 @@ async fn a_missing_object_or_bucket_fails_the_record_with_its_reason() {
     );
 }
 
+/// The fixture's pointer through `payloads`: its record must fail alone; the
+/// logs, and the line that says why.
+async fn the_pointer_fails(payloads: Payloads) -> (String, String) {
+    let logs = Logs::capture();
+    let recorder = Recorder::default();
+    let response = process(
+        sqs_batch("sqs-extended-client-pointer.json"),
+        &config(payloads),
+        |e, m| recorder.handle(e, m),
+    )
+    .await
+    .expect("batch answered");
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot fetch the offloaded body"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"))
+        .to_owned();
+    (text, line)
+}
+
 /// S3 unreachable (nothing listens): a retryable failure on one line.
 #[tokio::test]
 async fn s3_unreachable_is_a_one_line_retryable_failure() {
@@ -284,20 +306,7 @@ async fn s3_unreachable_is_a_one_line_retryable_failure() {
         .expect("a free port")
         .port();
     let payloads = Payloads::with_s3(settings(&format!("http://127.0.0.1:{port}")));
-    let batch = sqs_batch("sqs-extended-client-pointer.json");
-    let recorder = Recorder::default();
-    let logs = Logs::capture();
-
-    let response = process(batch, &config(payloads), |e, m| recorder.handle(e, m))
-        .await
-        .expect("batch answered");
-
-    assert_eq!(response.batch_item_failures.len(), 1);
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("cannot fetch the offloaded body"))
-        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    let (text, line) = the_pointer_fails(payloads).await;
     assert!(line.contains("retryable=true"), "{line}");
     // The reason (the connection's error) is on that line: nothing of it spills onto the next.
     let next = text.lines().skip_while(|l| *l != line).nth(1).unwrap_or("");
@@ -369,23 +378,7 @@ async fn an_untrusted_certificate_is_refused() {
         .expect("the server's port");
     let _server = Kill(child);
     let payloads = Payloads::with_s3(settings(&format!("https://127.0.0.1:{}", port.trim())));
-    let logs = Logs::capture();
-    let recorder = Recorder::default();
-
-    let response = process(
-        sqs_batch("sqs-extended-client-pointer.json"),
-        &config(payloads),
-        |e, m| recorder.handle(e, m),
-    )
-    .await
-    .expect("batch answered");
-
-    assert_eq!(response.batch_item_failures.len(), 1);
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("cannot fetch the offloaded body"))
-        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    let (_, line) = the_pointer_fails(payloads).await;
     assert!(line.contains("S3 did not answer"), "{line}");
     assert!(
         line.contains("invalid peer certificate: UnknownIssuer"),
