@@ -246,11 +246,19 @@ def shapes() -> dict:
         r["attributes"]["MessageGroupId"] = "tenant-a"
     out["sqs-fair-queue-bad-record.json"] = fair
 
-    # "stringListValues": null in one record's attribute: the runtime's SqsEvent
-    # cannot read it, so only that record may fail.
+    # "stringListValues": null (and "binaryListValues": null) in message attributes,
+    # as AWS sometimes sends them: the runtime's SqsEvent cannot read them, the
+    # library reads them as empty lists, so every record is handled.
     nulls = sqs_event(["insert", "update", "delete"], STANDARD_QUEUE, False)
     nulls["Records"][1]["messageAttributes"]["action"]["stringListValues"] = None
+    nulls["Records"][2]["messageAttributes"]["table_name"]["binaryListValues"] = None
     out["sqs-string-list-values-null.json"] = nulls
+
+    # A record the event types cannot read (a number where SQS sends a string,
+    # as hand-written test events have it): only that record may fail.
+    unreadable = sqs_event(["insert", "update", "delete"], STANDARD_QUEUE, False)
+    unreadable["Records"][1]["attributes"]["ApproximateReceiveCount"] = 1
+    out["sqs-unreadable-record.json"] = unreadable
 
     # A batching window (MaximumBatchingWindowInSeconds): fields AWS sends as null
     # or leaves out, a record without messageAttributes at all, AWSTraceHeader.

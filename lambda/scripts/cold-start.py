@@ -4,9 +4,11 @@ its first `GET /runtime/invocation/next`, what Lambda reports as Init Duration) 
 the first invocation (the event handed over to the response posted), over N fresh
 processes, against a Runtime API served here on 127.0.0.1.
 
-    lambda/scripts/cold-start.py BOOTSTRAP EVENT.json [-n 30]
+    lambda/scripts/cold-start.py BOOTSTRAP EVENT.json [-n 30] [--also OTHER_BOOTSTRAP ...]
 
-Prints the binary's size and the median and 90th percentile of both times. Run it
+Prints the binary's size and the median and 90th percentile of both times. With
+--also, the bootstraps take turns, one cold start each, so that a change of load on
+the machine falls on all of them alike (to compare two builds). Run it
 on a quiet machine; it measures the binary for the host architecture (build it with
 `cargo build --release -p consumer-sqs`, or `cargo lambda build --release` without
 `--arm64`).
@@ -86,7 +88,10 @@ def main():
     parser.add_argument("bootstrap", type=pathlib.Path)
     parser.add_argument("event", type=pathlib.Path)
     parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("--also", type=pathlib.Path, action="append", default=[],
+                        help="another bootstrap, measured in turn with the first")
     args = parser.parse_args()
+    bootstraps = [args.bootstrap, *args.also]
 
     server = Runtime(args.event.read_bytes())
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -102,31 +107,34 @@ def main():
         "AWS_REGION": "eu-west-1",
         "AWS_LAMBDA_LOG_LEVEL": "warn",
     }
-    inits, invokes = [], []
+    inits = {b: [] for b in bootstraps}
+    invokes = {b: [] for b in bootstraps}
     for _ in range(args.n):
-        server.reset()
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(args.bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("COLD_START_DEBUG") else subprocess.DEVNULL)
-        try:
-            if not server.done.wait(30):
-                raise SystemExit("the bootstrap never answered its first invocation")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        if not server.path_posted.endswith("/response"):
-            raise SystemExit(f"the invocation failed: {server.path_posted} {server.body[:300]!r}")
-        inits.append((server.first_next - started) * 1000)
-        invokes.append((server.responded - server.sent) * 1000)
+        for bootstrap in bootstraps:
+            server.reset()
+            started = time.perf_counter()
+            proc = subprocess.Popen([str(bootstrap)], env=env, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("COLD_START_DEBUG") else subprocess.DEVNULL)
+            try:
+                if not server.done.wait(30):
+                    raise SystemExit(f"{bootstrap} never answered its first invocation")
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            if not server.path_posted.endswith("/response"):
+                raise SystemExit(f"the invocation failed: {server.path_posted} {server.body[:300]!r}")
+            inits[bootstrap].append((server.first_next - started) * 1000)
+            invokes[bootstrap].append((server.responded - server.sent) * 1000)
 
     def summary(values):
         values = sorted(values)
         p90 = values[min(len(values) - 1, int(len(values) * 0.9))]
         return f"median {statistics.median(values):.2f} ms, p90 {p90:.2f} ms"
 
-    size = args.bootstrap.stat().st_size
-    print(f"{args.bootstrap}: {size} bytes ({size / 1e6:.2f} MB)")
-    print(f"  init (start → first /next), {args.n} cold starts: {summary(inits)}")
-    print(f"  first invocation ({args.event.name}): {summary(invokes)}")
+    for bootstrap in bootstraps:
+        size = bootstrap.stat().st_size
+        print(f"{bootstrap}: {size} bytes ({size / 1e6:.2f} MB)")
+        print(f"  init (start → first /next), {args.n} cold starts: {summary(inits[bootstrap])}")
+        print(f"  first invocation ({args.event.name}): {summary(invokes[bootstrap])}")
     print(f"  response: {json.loads(server.body) if server.body else None}")
 
 

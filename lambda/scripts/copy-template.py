@@ -49,12 +49,16 @@ def table(name: str, entries: dict) -> str:
 
 
 def resolve(dep_name: str, spec, workspace_deps: dict, source: dict):
+    if dep_name in OURS:
+        # From the workspace or by path inside it: from --git or --path in the copy,
+        # with the features the template asks for.
+        extra = {k: v for k, v in spec.items() if k in ("features", "default-features")} \
+            if isinstance(spec, dict) else {}
+        if "path" in source:
+            return {"path": str(pathlib.Path(source["path"]) / OURS[dep_name]), **extra}
+        return {**source, **extra}
     if not (isinstance(spec, dict) and spec.get("workspace")):
         return spec
-    if dep_name in OURS:
-        if "path" in source:
-            return {"path": str(pathlib.Path(source["path"]) / OURS[dep_name])}
-        return dict(source)
     base = workspace_deps[dep_name]
     base = {"version": base} if isinstance(base, str) else dict(base)
     extra = {k: v for k, v in spec.items() if k != "workspace"}

@@ -11,6 +11,7 @@
 //! | [`sns`] | an SNS invocation: each notification decoded and handled in order, failing the invocation on error ([`sns::process`]) |
 //! | `envelope` | SNS envelopes in SQS bodies unwrapped, [`Attributes`] |
 //! | `payload` | bodies offloaded to S3 by the streamer or AWS's extended clients, fetched lazily ([`Payloads`]) |
+//! | `s3` | the fetch: a SigV4-signed GetObject over HTTPS, no AWS SDK ([`S3Settings`]) |
 //! | `table` | routing by table: [`Table`], the [`Route`] trait your `TableEvent` implements |
 //! | `error` | [`HandlerError`] (retryable or permanent), [`DecodeError`] |
 //! | `idempotency` | an in-memory note of handled events ([`ProcessedKeys`]) |
@@ -48,6 +49,8 @@ mod envelope;
 mod error;
 mod idempotency;
 mod payload;
+#[cfg(feature = "s3")]
+mod s3;
 pub mod sns;
 pub mod sqs;
 mod table;
@@ -56,4 +59,6 @@ pub use envelope::Attributes;
 pub use error::{BoxError, DecodeError, HandlerError};
 pub use idempotency::ProcessedKeys;
 pub use payload::{PayloadError, Payloads};
+#[cfg(feature = "s3")]
+pub use s3::S3Settings;
 pub use table::{decode_event, Route, Table};

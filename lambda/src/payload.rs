@@ -4,10 +4,11 @@
 //! decoding, so your handler sees the whole change event, never the pointer.
 //!
 //! The S3 client is built on the first pointer, not at cold start: a function
-//! that never receives one never loads an AWS configuration. Failing to fetch
-//! an object (missing, access denied, S3 unreachable) is a retryable failure
-//! of that record, reported with a one-line reason naming the object (bucket
-//! and key, never its content).
+//! that never receives one reads no settings and loads no certificates.
+//! Failing to fetch an object (missing, access denied, S3 unreachable) is a
+//! retryable failure of that record, reported with a one-line reason naming
+//! the object (bucket and key, never its content). The request itself is
+//! `crate::s3`: a signed GetObject, not the AWS SDK (see there why).
 //!
 //! The function's role needs `s3:GetObject` on the bucket (and `kms:Decrypt`
 //! when the bucket encrypts with a customer-managed KMS key).
@@ -19,6 +20,8 @@ use change_event::PayloadPointer;
 use serde_json::Value;
 
 use crate::error::DecodeError;
+#[cfg(feature = "s3")]
+use crate::s3::{self, GetError, S3Settings};
 
 /// Where offloaded bodies are fetched from. Cheap to clone (clones share the
 /// client).
@@ -38,8 +41,14 @@ pub struct Payloads {
 
 #[derive(Default)]
 struct Inner {
+    /// `None`: read from the environment on the first pointer.
     #[cfg(feature = "s3")]
-    client: tokio::sync::OnceCell<aws_sdk_s3::Client>,
+    settings: Option<S3Settings>,
+    #[cfg(feature = "s3")]
+    client: tokio::sync::OnceCell<s3::Client>,
+    /// A client of the AWS SDK given by [`Payloads::with_s3_client`].
+    #[cfg(feature = "aws-sdk-s3")]
+    sdk: Option<aws_sdk_s3::Client>,
 }
 
 impl fmt::Debug for Payloads {
@@ -79,25 +88,45 @@ pub(crate) enum Unresolved {
 }
 
 impl Payloads {
-    /// Fetches with a client built from the environment (`aws_config`'s
-    /// defaults: the function's role and region) on the first pointer.
+    /// Fetches as the function: region and credentials from the environment
+    /// Lambda sets (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`; the endpoint from `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL`, see [`S3Settings::from_vars`]), read on the first
+    /// pointer.
     pub fn from_environment() -> Self {
         Self::default()
     }
 
-    /// Fetches with `client` (tests, or a client configured your way).
+    /// Fetches with these settings (tests, an emulator, credentials of your own).
     #[cfg(feature = "s3")]
-    pub fn with_s3_client(client: aws_sdk_s3::Client) -> Self {
-        let inner = Inner {
-            client: tokio::sync::OnceCell::new_with(Some(client)),
-        };
+    pub fn with_s3(settings: S3Settings) -> Self {
         Self {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                settings: Some(settings),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Fetches with an AWS SDK client (code that has one configured its own
+    /// way). Needs the `aws-sdk-s3` feature, which links the SDK: about 8 MB
+    /// more binary, which is why the default is [`Payloads::with_s3`]'s client.
+    #[cfg(feature = "aws-sdk-s3")]
+    pub fn with_s3_client(client: aws_sdk_s3::Client) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sdk: Some(client),
+                ..Inner::default()
+            }),
         }
     }
 
     /// Whether the S3 client exists yet (it is built on the first pointer).
     pub fn client_built(&self) -> bool {
+        #[cfg(feature = "aws-sdk-s3")]
+        if self.inner.sdk.is_some() {
+            return true;
+        }
         #[cfg(feature = "s3")]
         return self.inner.client.initialized();
         #[cfg(not(feature = "s3"))]
@@ -118,46 +147,70 @@ impl Payloads {
 
     #[cfg(feature = "s3")]
     async fn fetch(&self, pointer: &PayloadPointer) -> Result<Vec<u8>, PayloadError> {
-        use aws_sdk_s3::error::ProvideErrorMetadata;
-
-        let client = self
-            .inner
-            .client
-            .get_or_init(|| async {
-                let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-                aws_sdk_s3::Client::new(&config)
-            })
-            .await;
         let failed = |reason: String| PayloadError::Fetch {
             bucket: pointer.bucket.clone(),
             key: pointer.key.clone(),
             reason,
         };
-        let object = client
-            .get_object()
-            .bucket(&pointer.bucket)
-            .key(&pointer.key)
-            .send()
+        #[cfg(feature = "aws-sdk-s3")]
+        if let Some(client) = &self.inner.sdk {
+            return sdk_fetch(client, pointer).await.map_err(failed);
+        }
+        let client = self
+            .inner
+            .client
+            .get_or_try_init(|| async {
+                let settings = match &self.inner.settings {
+                    Some(settings) => settings.clone(),
+                    None => S3Settings::from_vars(|name| std::env::var(name).ok())?,
+                };
+                s3::Client::new(settings)
+            })
+            .await
+            .map_err(failed)?;
+        client
+            .get_object(&pointer.bucket, &pointer.key)
             .await
             .map_err(|error| {
-                failed(match error.code() {
-                    Some(code) => reason_for(code, error.message()),
+                failed(match error {
+                    GetError::Service { code, message } => reason_for(&code, message.as_deref()),
                     // Not an answer from S3: a timeout, DNS, a refused connection.
-                    None => format!("S3 did not answer ({})", causes(&error)),
+                    GetError::Transport(reason) => format!("S3 did not answer ({reason})"),
+                    GetError::Request(reason) => reason,
                 })
-            })?;
-        let body = object
-            .body
-            .collect()
-            .await
-            .map_err(|error| failed(format!("the download broke off ({})", causes(&error))))?;
-        Ok(body.into_bytes().to_vec())
+            })
     }
 
     #[cfg(not(feature = "s3"))]
     async fn fetch(&self, _pointer: &PayloadPointer) -> Result<Vec<u8>, PayloadError> {
         Err(PayloadError::Unsupported)
     }
+}
+
+/// A GetObject through the AWS SDK's client; the reason on failure.
+#[cfg(feature = "aws-sdk-s3")]
+async fn sdk_fetch(
+    client: &aws_sdk_s3::Client,
+    pointer: &PayloadPointer,
+) -> Result<Vec<u8>, String> {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+
+    let object = client
+        .get_object()
+        .bucket(&pointer.bucket)
+        .key(&pointer.key)
+        .send()
+        .await
+        .map_err(|error| match error.code() {
+            Some(code) => reason_for(code, error.message()),
+            None => format!("S3 did not answer ({})", causes(&error)),
+        })?;
+    let body = object
+        .body
+        .collect()
+        .await
+        .map_err(|error| format!("the download broke off ({})", causes(&error)))?;
+    Ok(body.into_bytes().to_vec())
 }
 
 /// An S3 error code, with what it means here and what to do.
@@ -171,6 +224,10 @@ fn reason_for(code: &str, message: Option<&str>) -> String {
         "NoSuchBucket" => "NoSuchBucket: the bucket does not exist (is it the streamer's \
                            sink.s3.bucket, in this region?)"
             .to_owned(),
+        "PermanentRedirect" | "AuthorizationHeaderMalformed" => format!(
+            "{code}: the bucket is in another region than the function's (AWS_REGION): \
+             keep the bucket and the function in one region"
+        ),
         "AccessDenied" | "Forbidden" => format!(
             "{code}: the function's role may not read it: grant s3:GetObject on the bucket \
              (and kms:Decrypt for a customer-managed KMS key)"
@@ -184,7 +241,7 @@ fn reason_for(code: &str, message: Option<&str>) -> String {
 
 /// An error and its sources, on one line: `dispatch failure: io error: …`.
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(error) = next {

@@ -19,10 +19,12 @@
 //! The contract, for the Lambda event source mapping with
 //! `FunctionResponseTypes: [ReportBatchItemFailures]`:
 //! - Each record is decoded on its own, from the raw invocation JSON: a record
-//!   the event types cannot read (say `"stringListValues": null` in a message
-//!   attribute) or a malformed body fails that record only, logged with its
-//!   message id and never its content. (The runtime's own `SqsEvent` would
-//!   reject the whole invocation before any record is handled.)
+//!   the event types cannot read (say a number where SQS sends a string) or a
+//!   malformed body fails that record only, logged with its message id and
+//!   never its content. (The runtime's own `SqsEvent` would reject the whole
+//!   invocation before any record is handled.) `"stringListValues": null` and
+//!   `"binaryListValues": null` in a message attribute, which AWS sends at
+//!   times, are read as empty lists.
 //! - Every failure is reported by message id, so SQS redelivers exactly those;
 //!   an empty identifier would make Lambda fail (and retry) the whole batch, so
 //!   a record without an id fails the invocation up front, before any side effect.
@@ -269,7 +271,8 @@ where
 /// one per FIFO message group (in batch order), one per standard record.
 fn into_lanes(records: Vec<Value>) -> Result<Vec<Lane>, BatchError> {
     let mut checked = Vec::with_capacity(records.len());
-    for (index, raw) in records.into_iter().enumerate() {
+    for (index, mut raw) in records.into_iter().enumerate() {
+        null_lists_as_empty(&mut raw);
         match raw.get("messageId").and_then(Value::as_str) {
             Some(id) if !id.is_empty() => checked.push(Record {
                 index,
@@ -300,6 +303,25 @@ fn into_lanes(records: Vec<Value>) -> Result<Vec<Lane>, BatchError> {
         }
     }
     Ok(lanes)
+}
+
+/// `"stringListValues": null` and `"binaryListValues": null` in the record's
+/// message attributes (AWS sends them at times; `SqsMessageAttribute` wants a
+/// list) made empty lists.
+fn null_lists_as_empty(raw: &mut Value) {
+    let Some(attributes) = raw
+        .get_mut("messageAttributes")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for attribute in attributes.values_mut().filter_map(Value::as_object_mut) {
+        for field in ["stringListValues", "binaryListValues"] {
+            if let Some(value @ Value::Null) = attribute.get_mut(field) {
+                *value = Value::Array(Vec::new());
+            }
+        }
+    }
 }
 
 /// The lane key (queue ARN, message group) of a record from a FIFO queue;

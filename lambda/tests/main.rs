@@ -6,7 +6,8 @@
 //!   reports: batching-window nulls, Binary/Number attributes, SNS envelopes
 //!   with and without signatures, raw delivery, confirmations, fair queues,
 //!   unreadable records) and generated big batches.
-//! - `pointers`: bodies offloaded to S3, resolved against fauxqs (SQS, SNS envelope, direct SNS).
+//! - `pointers`: bodies offloaded to S3, resolved against fauxqs (SQS, SNS envelope, direct SNS),
+//!   and an https endpoint with an untrusted certificate refused.
 //! - `sns`: direct SNS invocations: order, failure kinds, unreadable records.
 //! - `templates`: both templates copied out of the workspace still build.
 //! - `without_s3` (`--no-default-features`): a pointer fails its record, saying why.

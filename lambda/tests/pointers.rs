@@ -9,7 +9,7 @@ use walcast_lambda::sns::{self, NotificationError, SnsBatch};
 use walcast_lambda::sqs::{process, BatchConfig, Message, SqsBatch};
 use walcast_lambda::{HandlerError, Payloads};
 
-use crate::support::fauxqs::{s3_client, Fauxqs};
+use crate::support::fauxqs::{settings, Fauxqs};
 use crate::support::{event_json, reported, sqs_batch, Logs, Recorder};
 
 const BUCKET: &str = "walcast-payloads-123456789012";
@@ -127,7 +127,8 @@ async fn a_pointer_is_resolved_whole_on_every_path() {
     bucket(&s3).await;
     let event = big_event(3 << 20);
     put(&s3, KEY, &event).await;
-    let payloads = Payloads::with_s3_client(s3);
+    let payloads = Payloads::with_s3(emulator.settings());
+    assert!(!payloads.client_built());
 
     // SQS, the body a pointer (SQS extended client, or SNS with raw delivery).
     let events = Events::default();
@@ -140,6 +141,7 @@ async fn a_pointer_is_resolved_whole_on_every_path() {
     .expect("batch answered");
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     assert_eq!(events.texts(), std::slice::from_ref(&event));
+    assert!(payloads.client_built());
 
     // SQS, the pointer inside an SNS envelope (SNS extended client, no raw delivery).
     let pointer = sqs_batch("sqs-extended-client-pointer.json").records[0]["body"].clone();
@@ -170,13 +172,47 @@ async fn a_pointer_is_resolved_whole_on_every_path() {
     assert_eq!(events.texts(), [event]);
 }
 
+/// An AWS SDK client of your own (the `aws-sdk-s3` feature) resolves a
+/// pointer the same way, and fails with the same reasons.
+#[cfg(feature = "aws-sdk-s3")]
+#[tokio::test]
+async fn an_sdk_client_of_your_own_resolves_the_same() {
+    let emulator = Fauxqs::start();
+    let s3 = emulator.s3();
+    let payloads = Payloads::with_s3_client(s3.clone());
+    let batch = || sqs_batch("sqs-extended-client-pointer.json");
+    let logs = Logs::capture();
+    let events = Events::default();
+
+    let response = process(batch(), &config(payloads.clone()), |e, m| events.sqs(e, m))
+        .await
+        .expect("batch answered");
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert!(
+        logs.text().contains(&format!(
+            "cannot fetch the offloaded body s3://{BUCKET}/{KEY}: NoSuchBucket"
+        )),
+        "{}",
+        logs.text()
+    );
+
+    bucket(&s3).await;
+    let event = big_event(1 << 20);
+    put(&s3, KEY, &event).await;
+    let response = process(batch(), &config(payloads), |e, m| events.sqs(e, m))
+        .await
+        .expect("batch answered");
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    assert_eq!(events.texts(), [event]);
+}
+
 /// A missing object or bucket fails that record alone, retryable, with a
 /// one-line reason naming the object, and no row value in the logs.
 #[tokio::test]
 async fn a_missing_object_or_bucket_fails_the_record_with_its_reason() {
     let emulator = Fauxqs::start();
     let s3 = emulator.s3();
-    let payloads = Payloads::with_s3_client(s3.clone());
+    let payloads = Payloads::with_s3(emulator.settings());
     let pointer = sqs_batch("sqs-extended-client-pointer.json").records[0].clone();
     let mut json = event_json("sqs-standard.json");
     json["Records"][1] = pointer.clone();
@@ -240,6 +276,28 @@ async fn a_missing_object_or_bucket_fails_the_record_with_its_reason() {
     );
 }
 
+/// The fixture's pointer through `payloads`: its record must fail alone; the
+/// logs, and the line that says why.
+async fn the_pointer_fails(payloads: Payloads) -> (String, String) {
+    let logs = Logs::capture();
+    let recorder = Recorder::default();
+    let response = process(
+        sqs_batch("sqs-extended-client-pointer.json"),
+        &config(payloads),
+        |e, m| recorder.handle(e, m),
+    )
+    .await
+    .expect("batch answered");
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot fetch the offloaded body"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"))
+        .to_owned();
+    (text, line)
+}
+
 /// S3 unreachable (nothing listens): a retryable failure on one line.
 #[tokio::test]
 async fn s3_unreachable_is_a_one_line_retryable_failure() {
@@ -247,26 +305,84 @@ async fn s3_unreachable_is_a_one_line_retryable_failure() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let payloads = Payloads::with_s3_client(s3_client(&format!("http://127.0.0.1:{port}")));
-    let batch = sqs_batch("sqs-extended-client-pointer.json");
-    let recorder = Recorder::default();
-    let logs = Logs::capture();
-
-    let response = process(batch, &config(payloads), |e, m| recorder.handle(e, m))
-        .await
-        .expect("batch answered");
-
-    assert_eq!(response.batch_item_failures.len(), 1);
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("cannot fetch the offloaded body"))
-        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    let payloads = Payloads::with_s3(settings(&format!("http://127.0.0.1:{port}")));
+    let (text, line) = the_pointer_fails(payloads).await;
     assert!(line.contains("retryable=true"), "{line}");
-    // The reason is the SDK's, on that line: nothing of it spills onto the next.
+    // The reason (the connection's error) is on that line: nothing of it spills onto the next.
     let next = text.lines().skip_while(|l| *l != line).nth(1).unwrap_or("");
     assert!(
         next.is_empty() || next.contains(" INFO ") || next.contains(" WARN "),
         "{text}"
     );
+}
+
+/// Over https the object is fetched through TLS, and a certificate the system
+/// does not trust is refused: the record fails, retryable, the reason naming
+/// the certificate. (A self-signed one for 127.0.0.1, served by Python.)
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("untrusted-tls");
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl req failed");
+    let server = "import http.server, ssl, sys\n\
+        class H(http.server.BaseHTTPRequestHandler):\n    \
+            def do_GET(self):\n        \
+                self.send_response(200); self.send_header('Content-Length', '2'); \
+                self.end_headers(); self.wfile.write(b'{}')\n    \
+            def log_message(self, *a): pass\n\
+        s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(sys.argv[1], sys.argv[2])\n\
+        s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+        print(s.server_address[1], flush=True)\n\
+        s.serve_forever()\n";
+    let mut child = Command::new("python3")
+        .args(["-c", server])
+        .arg(&cert)
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("the server's port");
+    let _server = Kill(child);
+    let payloads = Payloads::with_s3(settings(&format!("https://127.0.0.1:{}", port.trim())));
+    let (_, line) = the_pointer_fails(payloads).await;
+    assert!(line.contains("S3 did not answer"), "{line}");
+    assert!(
+        line.contains("invalid peer certificate: UnknownIssuer"),
+        "{line}"
+    );
+    assert!(line.contains("retryable=true"), "{line}");
 }

@@ -6,17 +6,22 @@ use walcast_lambda::sqs::{process, BatchConfig, SqsBatch};
 
 use crate::support::{message_ids, reported, sorted, sqs_batch, Logs, Recorder, TableEvent};
 
-/// A record the event types cannot read (`"stringListValues": null`) fails
-/// alone, with its message id and the field at fault; the rest are handled.
+/// Whether the runtime's own `SqsEvent` rejects the whole invocation.
+fn sqs_event_rejects(batch: &SqsBatch) -> bool {
+    serde_json::from_value::<aws_lambda_events::sqs::SqsEvent>(json!({
+        "Records": batch.records.clone()
+    }))
+    .is_err()
+}
+
+/// A record the event types cannot read fails alone, with its message id and
+/// the field at fault; the rest are handled.
 #[tokio::test]
 async fn a_record_the_event_types_cannot_read_fails_alone() {
-    let batch = sqs_batch("sqs-string-list-values-null.json");
+    let batch = sqs_batch("sqs-unreadable-record.json");
     // The runtime's own event type rejects the whole invocation.
     assert!(
-        serde_json::from_value::<aws_lambda_events::sqs::SqsEvent>(json!({
-            "Records": batch.records.clone()
-        }))
-        .is_err(),
+        sqs_event_rejects(&batch),
         "the fixture must hold a record SqsEvent cannot read"
     );
     let ids = message_ids(&batch);
@@ -35,11 +40,37 @@ async fn a_record_the_event_types_cannot_read_fails_alone() {
         .find(|l| l.contains(&ids[1]) && l.contains("cannot decode"))
         .unwrap_or_else(|| panic!("no failure logged for {}:\n{logs}", ids[1]));
     assert!(
-        line.contains(
-            "SQS record does not match the JSON at `messageAttributes.action.stringListValues`"
-        ),
+        line.contains("SQS record does not match the JSON at `attributes.ApproximateReceiveCount`"),
         "{line}"
     );
+}
+
+/// `"stringListValues": null` / `"binaryListValues": null` in a message
+/// attribute, as AWS sends them at times: read as empty lists, so the record
+/// is handled, its attributes read.
+#[tokio::test]
+async fn null_attribute_lists_are_read_as_empty() {
+    let batch = sqs_batch("sqs-string-list-values-null.json");
+    assert!(
+        sqs_event_rejects(&batch),
+        "the fixture must hold a null list SqsEvent cannot read"
+    );
+    let ids = message_ids(&batch);
+    let recorder = Recorder::default();
+
+    let response = process(batch, &BatchConfig::default(), |e, m| recorder.handle(e, m))
+        .await
+        .expect("batch answered");
+
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let mut calls = recorder.calls();
+    calls.sort_by_key(|(_, m)| ids.iter().position(|id| *id == m.message_id));
+    let actions: Vec<Option<&str>> = calls
+        .iter()
+        .map(|(_, m)| m.attributes.action.as_deref())
+        .collect();
+    assert_eq!(actions, [Some("insert"), Some("update"), Some("delete")]);
+    assert_eq!(calls[2].1.attributes.table_name.as_deref(), Some("users"));
 }
 
 /// Every shape that holds change events only: all handled, nothing reported.

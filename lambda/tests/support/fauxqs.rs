@@ -52,10 +52,21 @@ impl Fauxqs {
         emulator
     }
 
-    /// An S3 client for this emulator (path-style: no `*.localhost` DNS needed).
+    /// An AWS SDK client for this emulator, to set objects up (path-style: no
+    /// `*.localhost` DNS needed).
     pub fn s3(&self) -> aws_sdk_s3::Client {
         s3_client(&self.endpoint)
     }
+
+    /// The library's S3 settings for this emulator.
+    pub fn settings(&self) -> walcast_lambda::S3Settings {
+        settings(&self.endpoint)
+    }
+}
+
+/// The library's S3 settings for `endpoint`, with test credentials.
+pub fn settings(endpoint: &str) -> walcast_lambda::S3Settings {
+    walcast_lambda::S3Settings::new("us-east-1", "test", "test").endpoint(endpoint)
 }
 
 /// An S3 client for `endpoint`, with test credentials.
