@@ -10,7 +10,9 @@
 //!
 //! ```text
 //!   throttled, 5xx or no answer ──▶ limit × 0.5   (at once; once per window of calls)
-//!   mean RTT > 2 × base RTT     ──▶ limit × 0.9   (a queue is building somewhere)
+//!   mean RTT > 2 × base RTT     ──▶ limit × 0.9   (a queue is building somewhere;
+//!                                                  not below INITIAL: a slower
+//!                                                  answer alone is no refusal)
 //!   window was full, all well   ──▶ limit × 2 (slow start, until the first decrease)
 //!                                   limit + 1 (afterwards)
 //! ```
@@ -231,19 +233,20 @@ impl Window {
     fn adjust(&mut self, now: Instant) {
         let mean = self.interval.rtt_total / self.interval.calls.max(1);
         let full = self.interval.full;
-        match self.base {
-            Some(base) if mean.as_secs_f64() > base.as_secs_f64() * RISE => {
-                self.shrink(ON_RISE, now);
-            }
-            _ if full => {
-                let grown = if self.limit < self.threshold {
-                    self.limit * 2.0
-                } else {
-                    self.limit + 1.0
-                };
-                self.limit = grown.min(MAX as f64);
-            }
-            _ => {}
+        let risen = self
+            .base
+            .is_some_and(|base| mean.as_secs_f64() > base.as_secs_f64() * RISE);
+        if risen && self.limit > INITIAL as f64 {
+            self.shrink(ON_RISE, now);
+            self.limit = self.limit.max(INITIAL as f64);
+            self.threshold = self.limit;
+        } else if !risen && full {
+            let grown = if self.limit < self.threshold {
+                self.limit * 2.0
+            } else {
+                self.limit + 1.0
+            };
+            self.limit = grown.min(MAX as f64);
         }
         // Down at once, up by an eighth of the difference per interval.
         self.base = Some(match self.base {
@@ -340,6 +343,11 @@ mod tests {
         at += 40 * MS;
         round(&mut w, at, 40 * MS);
         assert_eq!(w.limit(), 57, "× 0.9");
+        // At INITIAL a rise shrinks it no further: only refusals do that.
+        let mut slow = Window::new(t0);
+        slow.record(t0, t0 + 15 * MS, Outcome::Answered);
+        round(&mut slow, t0 + 115 * MS, 100 * MS);
+        assert_eq!(slow.limit(), INITIAL);
         // Jitter within the base's double does not shrink it.
         let before = w.limit();
         at += 25 * MS;
