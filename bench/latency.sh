@@ -192,28 +192,7 @@ YAML
   pgbench -n -c 4 -j 2 -R 5000 -T "$LATENCY_SECS" -f "$work/single.sql" > "$work/pgbench-lat.log" 2>&1 || true
   metric() { python3 -c "import sys, urllib.request; m = urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/metrics').read().decode(); print([l.split()[-1] for l in m.splitlines() if l.startswith(sys.argv[2] + ' ')][0])" "$http_port" "$1"; }
   for _ in $(seq 100); do [ "$(metric walcast_events_in_flight)" = 0 ] && break; sleep 0.1; done
-  lat="$(python3 - "$http_port" <<'PY'
-import sys, urllib.request
-m = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
-buckets, count = [], 0
-for line in m.splitlines():
-    if line.startswith("walcast_delivery_latency_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
-        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
-    elif line.startswith("walcast_delivery_latency_seconds_count"):
-        count = int(line.split()[-1])
-def quantile(p):
-    target, prev_le, prev_n = p * count, 0.0, 0
-    for le, n in buckets:
-        if n >= target:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((target - prev_n) / max(n - prev_n, 1))
-        prev_le, prev_n = le, n
-    return float("nan")
-print(f"{count} events, p50 {quantile(0.5) * 1000:.1f} ms, p99 {quantile(0.99) * 1000:.1f} ms")
-PY
-)"
+  lat="$(python3 "$root/bench/histogram.py" "$http_port" | awk -F'\t' '{printf "%s events, p50 %s ms, p99 %s ms", $1, $2, $3}')"
   # Its peak RSS before it stops (the kernel's high-water mark), in KiB.
   awk '/^VmHWM/ {print $2}' "/proc/$lat_pid/status" > "$work/lat.rss"
   kill -TERM "$lat_pid"; wait "$lat_pid" || true

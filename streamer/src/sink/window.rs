@@ -276,6 +276,17 @@ mod tests {
         w.record(at - rtt, at, Outcome::Answered);
     }
 
+    /// Three full intervals of 15 ms calls: 8 doubled to 64. The end of the last one.
+    fn grown(w: &mut Window, t0: Instant) -> Instant {
+        let mut at = t0;
+        for _ in 0..3 {
+            at += 15 * MS;
+            round(w, at, 15 * MS);
+        }
+        assert_eq!(w.limit(), 64);
+        at
+    }
+
     #[test]
     fn grows_by_doubling_then_by_one_while_full_and_fast() {
         let t0 = Instant::now();
@@ -298,12 +309,7 @@ mod tests {
     fn throttling_halves_once_per_window_of_calls() {
         let t0 = Instant::now();
         let mut w = Window::new(t0);
-        let mut at = t0;
-        for _ in 0..3 {
-            at += 15 * MS;
-            round(&mut w, at, 15 * MS);
-        }
-        assert_eq!(w.limit(), 64);
+        let mut at = grown(&mut w, t0);
         // 64 calls sent before the first throttled answer all come back throttled.
         let sent = at;
         at += 15 * MS;
@@ -333,12 +339,7 @@ mod tests {
     fn a_rising_rtt_shrinks_and_a_steady_one_does_not() {
         let t0 = Instant::now();
         let mut w = Window::new(t0);
-        let mut at = t0;
-        for _ in 0..3 {
-            at += 15 * MS;
-            round(&mut w, at, 15 * MS);
-        }
-        assert_eq!(w.limit(), 64);
+        let mut at = grown(&mut w, t0);
         // A queue builds: 40 ms against a base of 15 ms.
         at += 40 * MS;
         round(&mut w, at, 40 * MS);
