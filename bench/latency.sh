@@ -33,7 +33,8 @@ bin=/usr/lib/postgresql/15/bin
 run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling --bin latency-proxy
+# BUILD=0 uses the release binaries as they are (e.g. after a change to tests only).
+[ "${BUILD:-1}" = 0 ] || cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling --bin latency-proxy
 target="${CARGO_TARGET_DIR:-$root/target}"
 streamer="$target/release/streamer"
 ceiling="$target/release/sqs-ceiling"
