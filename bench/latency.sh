@@ -10,7 +10,7 @@
 #   - distinct rows: ROWS rows inserted in one transaction → FIFO queue (a group per row);
 #   - hot rows: HOT updates over 5 rows in one transaction → FIFO queue (5 groups);
 #   - distinct rows → standard queue; distinct rows → standard SNS topic;
-#   - latency: a steady 5,000 single-row inserts/s (pgbench --rate) for LATENCY_SECS through
+#   - latency: a steady LAT_RATE (5,000) single-row inserts/s (pgbench --rate) for LATENCY_SECS through
 #     the proxy at LAT_RTT ms (default 15; LATENCY_SECS=0 skips it): p50/p99 commit → accepted.
 # events/s = events / (streamer start → --until-lsn reached), the median of RUNS runs; the
 # ceilings (8 and 128 calls in flight: the old fixed number and the sink's widest window) are
@@ -26,6 +26,7 @@ HOT="${HOT:-4000}"
 RUNS="${RUNS:-3}"
 LAT_RTT="${LAT_RTT:-15}"
 LATENCY_SECS="${LATENCY_SECS:-20}"
+LAT_RATE="${LAT_RATE:-5000}"
 # The 8-in-flight ceiling is slow at high RTT: it sends at most this many.
 CEIL8_MSGS="${CEIL8_MSGS:-20000}"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -170,10 +171,10 @@ for rtt in $RTTS; do
   printf '%s\t%s\n' "$rtt" "$(rate "$HOT" "$(median "${h[@]}")")" >> "$work/hot.tsv"
 done
 
-# Latency: a steady 5,000 single-row inserts/s, the streamer live on a FIFO queue through the proxy.
+# Latency: a steady LAT_RATE (5,000) single-row inserts/s, the streamer live on a FIFO queue through the proxy.
 latency=""
 if [ "$LATENCY_SECS" != 0 ]; then
-  echo "== latency at 5,000 changes/s for ${LATENCY_SECS}s, RTT $LAT_RTT ms" >&2
+  echo "== latency at $LAT_RATE changes/s for ${LATENCY_SECS}s, RTT $LAT_RTT ms" >&2
   psql -c "DROP TABLE IF EXISTS bench_t CASCADE" -c "$SMALL" -c "DROP SEQUENCE IF EXISTS bench_seq" \
     -c "CREATE SEQUENCE bench_seq" -c "DROP PUBLICATION IF EXISTS bench_p" \
     -c "CREATE PUBLICATION bench_p FOR TABLE bench_t" >/dev/null 2>&1
@@ -190,7 +191,7 @@ YAML
   lat_pid=$!
   pids+=("$lat_pid")
   for _ in $(seq 200); do WALCAST_HTTP_LISTEN="127.0.0.1:$http_port" "$streamer" healthz >/dev/null 2>&1 && break; sleep 0.1; done
-  pgbench -n -c 4 -j 2 -R 5000 -T "$LATENCY_SECS" -f "$work/single.sql" > "$work/pgbench-lat.log" 2>&1 || true
+  pgbench -n -c 4 -j 2 -R "$LAT_RATE" -T "$LATENCY_SECS" -f "$work/single.sql" > "$work/pgbench-lat.log" 2>&1 || true
   metric() { python3 -c "import sys, urllib.request; m = urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/metrics').read().decode(); print([l.split()[-1] for l in m.splitlines() if l.startswith(sys.argv[2] + ' ')][0])" "$http_port" "$1"; }
   for _ in $(seq 100); do [ "$(metric walcast_events_in_flight)" = 0 ] && break; sleep 0.1; done
   lat="$(python3 "$root/bench/histogram.py" "$http_port" | awk -F'\t' '{printf "%s events, p50 %s ms, p99 %s ms", $1, $2, $3}')"
@@ -198,7 +199,7 @@ YAML
   awk '/^VmHWM/ {print $2}' "/proc/$lat_pid/status" > "$work/lat.rss"
   kill -TERM "$lat_pid"; wait "$lat_pid" || true
   tps="$(grep -Eo 'tps = [0-9]+' "$work/pgbench-lat.log" | head -1 | cut -d' ' -f3)"
-  latency="Latency, commit → accepted, at a steady ${tps:-?} changes/s (pgbench --rate 5000, 4 clients, single-row inserts) to a FIFO queue through the proxy at $LAT_RTT ms for ${LATENCY_SECS}s: **$lat** (interpolated in the streamer's histogram buckets; commit time is Postgres's clock, same machine)."
+  latency="Latency, commit → accepted, at a steady ${tps:-?} changes/s (pgbench --rate $LAT_RATE, 4 clients, single-row inserts) to a FIFO queue through the proxy at $LAT_RTT ms for ${LATENCY_SECS}s: **$lat** (interpolated in the streamer's histogram buckets; commit time is Postgres's clock, same machine)."
 fi
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
