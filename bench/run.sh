@@ -183,27 +183,7 @@ for _ in $(seq 100); do
   inflight="$(python3 -c "import urllib.request; m=urllib.request.urlopen('http://127.0.0.1:$http_port/metrics').read().decode(); print([l.split()[-1] for l in m.splitlines() if l.startswith('walcast_events_in_flight ')][0])")"
   [ "$inflight" = 0 ] && break; sleep 0.1
 done
-python3 - "$http_port" > "$work/latency.txt" <<'PY'
-import sys, urllib.request
-m = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
-buckets, count = [], 0
-for line in m.splitlines():
-    if line.startswith("walcast_delivery_latency_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
-        buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[-1])))
-    elif line.startswith("walcast_delivery_latency_seconds_count"):
-        count = int(line.split()[-1])
-def quantile(p):
-    target, prev_le, prev_n = p * count, 0.0, 0
-    for le, n in buckets:
-        if n >= target:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((target - prev_n) / max(n - prev_n, 1))
-        prev_le, prev_n = le, n
-    return float("nan")
-print(f"{count}\t{quantile(0.5) * 1000:.1f}\t{quantile(0.99) * 1000:.1f}")
-PY
+python3 "$root/bench/histogram.py" "$http_port" > "$work/latency.txt"
 kill -TERM "$lat_pid"; wait "$lat_pid" || true
 rate="$(grep -Eo 'tps = [0-9.]+' "$work/pgbench-lat.log" | head -1 | cut -d' ' -f3)"
 

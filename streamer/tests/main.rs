@@ -18,6 +18,7 @@ use walcast_streamer::progress::Tracker;
 use walcast_streamer::sink::MemorySink;
 
 mod aws;
+mod aws_batches;
 mod backfill_tests;
 mod binary;
 mod faults;

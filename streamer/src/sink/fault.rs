@@ -107,6 +107,29 @@ impl Fault {
         }
     }
 
+    /// The service or the way to it is overloaded: throttling (SQS's
+    /// `RequestThrottled`, SNS's and KMS's `ThrottlingException`, S3's
+    /// `SlowDown`), a 5xx or 429, no answer at all. The sink's window of calls
+    /// shrinks on it ([`super::window`]).
+    pub fn is_congestion(&self) -> bool {
+        let c = self.code().unwrap_or("").to_ascii_lowercase();
+        let overloaded = [
+            "throttl",
+            "toomanyrequests",
+            "slowdown",
+            "serviceunavailable",
+        ]
+        .iter()
+        .any(|k| c.contains(k));
+        match self {
+            Fault::Unreachable(_) => true,
+            Fault::Call {
+                status: Some(s), ..
+            } if *s >= 500 || *s == 429 => true,
+            _ => overloaded,
+        }
+    }
+
     /// What the code says, by the words in it.
     pub(super) fn cause(&self) -> Cause {
         let c = self.code().unwrap_or("").to_ascii_lowercase();
@@ -297,6 +320,8 @@ mod tests {
         assert_eq!(classify(&Fault::Unreachable("refused".into())), Retry);
         assert_eq!(call("ThrottlingException", 400), Retry);
         assert_eq!(call("AWS.SimpleQueueService.RequestThrottled", 403), Retry);
+        // KMS throttling is throttling, not an unusable key.
+        assert_eq!(call("KMS.ThrottlingException", 400), Retry);
         assert_eq!(call("InternalError", 500), Retry);
         assert_eq!(call("Whatever", 503), Retry);
         assert_eq!(call("Whatever", 429), Retry);
@@ -326,6 +351,42 @@ mod tests {
         assert_eq!(entry("SomethingNew", true), RejectMessage);
         assert_eq!(entry("InvalidParameterValue", true), RejectMessage);
         assert_eq!(entry("KMS.DisabledException", true), Fatal);
+        assert_eq!(entry("KMS.ThrottlingException", true), Retry);
+    }
+
+    #[test]
+    fn congestion() {
+        let call = |code: &str, status| Fault::Call {
+            code: Some(code.into()),
+            status: Some(status),
+            message: String::new(),
+        };
+        let entry = |code: &str| Fault::Entry {
+            code: code.into(),
+            sender_fault: false,
+            message: String::new(),
+        };
+        for congested in [
+            call("AWS.SimpleQueueService.RequestThrottled", 403),
+            call("ThrottlingException", 400),
+            call("KMS.ThrottlingException", 400),
+            call("SlowDown", 503),
+            call("Whatever", 503),
+            call("Whatever", 429),
+            entry("ThrottlingException"),
+            entry("ServiceUnavailable"),
+            Fault::Unreachable("timed out".into()),
+        ] {
+            assert!(congested.is_congestion(), "{congested}");
+        }
+        for not in [
+            call("InvalidParameterValue", 400),
+            call("AccessDenied", 403),
+            call("KMS.DisabledException", 400),
+            entry("InternalError"),
+        ] {
+            assert!(!not.is_congestion(), "{not}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod s3;
 mod sns;
 mod sqs;
 mod stdout;
+mod window;
 
 pub use aws::{AwsSink, Destination, Entry};
 pub use destinations::Destinations;
@@ -86,6 +87,30 @@ pub enum SinkError {
         /// Queue URL or topic ARN.
         destination: String,
         /// What it answered.
+        fault: Box<Fault>,
+    },
+    /// A FIFO destination took a later event of a group although an earlier
+    /// one of the same batch failed transiently: it holds the group out of
+    /// order (the rule is in `sink/aws.rs`). The sink stops rather than send
+    /// the earlier event after its successor.
+    #[error(
+        "{destination} took the change {taken} of {table} but not the earlier change {failed} of \
+         the same message group in the same batch ({fault}), so the queue holds that group out \
+         of order; the sink stopped before sending {failed} again. The slot keeps it: a restart \
+         sends it again after {taken} (whose copy AWS drops as a duplicate within 5 minutes), so \
+         consumers of that group see {taken} first; guard by position (docs/change-event.md) or \
+         repair that group before restarting"
+    )]
+    Overtaken {
+        /// Queue URL or topic ARN.
+        destination: String,
+        /// The events' table, `schema.table`.
+        table: String,
+        /// The idempotency key of the event that failed.
+        failed: String,
+        /// The idempotency key of the later event of its group that was taken.
+        taken: String,
+        /// Why the earlier one failed.
         fault: Box<Fault>,
     },
     /// Writing the output failed.
