@@ -883,7 +883,13 @@ pub fn start(
         } else {
             Arc::clone(tracker.metrics())
         };
-        let outlets = planned.start(&tracker.for_sink(Arc::clone(&metrics)))?;
+        // Everything the sink logs names it (with several).
+        let span = tracing::info_span!("sink", sink = %sink.name);
+        let outlets = if several {
+            span.in_scope(|| planned.start(&tracker.for_sink(Arc::clone(&metrics))))?
+        } else {
+            planned.start(&tracker.for_sink(Arc::clone(&metrics)))?
+        };
         let lane = Lane::new(sink, i == 0, &database, outlets, metrics).map_err(|reason| {
             SinkError::Setting {
                 setting: "sinks",

@@ -163,7 +163,7 @@ impl Run {
         let yaml = format!("  tables: [t]\n{}", emu.sink_yaml("sqs", url, ""));
         let config =
             Arc::new(Config::load(Some(&db.config_yaml(&yaml)), Vec::new()).expect("valid config"));
-        let queue = SqsQueue::connect(&config.sink, "sink.queue_url", url)
+        let queue = SqsQueue::connect(&config.sinks[0], "sink.queue_url", url)
             .await
             .expect("queue");
         let slot = pipeline::setup(&config).await.expect("setup");

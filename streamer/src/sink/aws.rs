@@ -355,7 +355,12 @@ impl AwsSink {
             permits: Arc::clone(&permits),
             calls: Calls::new(),
         });
-        let worker = tokio::spawn(worker(shared, rx, failure.clone()));
+        // The worker and its calls log in the span the sink was started in (the sink's name).
+        let worker = tokio::spawn(tracing::Instrument::in_current_span(worker(
+            shared,
+            rx,
+            failure.clone(),
+        )));
         AwsSink {
             tx: Some(tx),
             permits,
@@ -534,7 +539,9 @@ async fn worker<D: Destination, L: Destination>(
                 break;
             }
             let s = Arc::clone(&shared);
-            tasks.spawn(async move { deliver(&s, batch).await });
+            tasks.spawn(tracing::Instrument::in_current_span(async move {
+                deliver(&s, batch).await
+            }));
         }
         if !open && tasks.is_empty() && groups.ready.is_empty() {
             return;
