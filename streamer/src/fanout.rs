@@ -33,7 +33,7 @@ use crate::event::{self, Event, EventBuilder, Table, View};
 use crate::jq::{Input, Program, Shape, Shaped};
 use crate::ops::Metrics;
 use crate::progress::Tracker;
-use crate::sink::{AwsSink, Destinations, Sink, SinkError, StdoutSink};
+use crate::sink::{dead_letter_body, AwsSink, Destinations, Sink, SinkError, StdoutSink};
 
 /// A per-table setting: `(schema, table)` and its value.
 type PerTable<V> = Vec<((String, String), V)>;
@@ -62,6 +62,40 @@ impl<S> Outlets<S> {
     }
 }
 
+/// A sink's `tables`: the globs it includes (none: every table) and excludes.
+#[derive(Debug, Default)]
+struct TableGlobs {
+    include: Vec<GlobMatcher>,
+    exclude: Vec<GlobMatcher>,
+}
+
+impl TableGlobs {
+    fn compile(tables: &crate::config::TableSelection) -> Result<TableGlobs, String> {
+        let (include, exclude) = tables.globs();
+        let globs = |list: &[String]| -> Result<Vec<GlobMatcher>, String> {
+            list.iter().map(|g| table_glob(g)).collect()
+        };
+        Ok(TableGlobs {
+            include: globs(include)?,
+            exclude: globs(exclude)?,
+        })
+    }
+
+    /// Whether the sink takes the table `schema.table`.
+    fn takes(&self, qualified: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| g.is_match(qualified)))
+            && !self.exclude.iter().any(|g| g.is_match(qualified))
+    }
+}
+
+/// An expression's error (`sinks[0].transform: <reason>`) as (setting, reason):
+/// `transform` and the reason.
+fn setting_and_reason(e: &str) -> (String, String) {
+    let (setting, reason) = e.split_once(": ").unwrap_or(("transform", e));
+    let setting = setting.rsplit('.').next().unwrap_or(setting);
+    (setting.to_owned(), reason.to_owned())
+}
+
 /// What a lane makes of one change.
 #[derive(Debug)]
 pub enum Verdict {
@@ -78,8 +112,7 @@ pub struct Lane<S> {
     /// `sink` or `sinks[N]`, for messages.
     at: String,
     builder: EventBuilder,
-    include: Vec<GlobMatcher>,
-    exclude: Vec<GlobMatcher>,
+    tables: TableGlobs,
     actions: Option<Vec<Action>>,
     columns: PerTable<ColumnSelection>,
     /// The sink's own group columns; `None` when the tables' (the first sink's) apply.
@@ -116,10 +149,6 @@ impl<S> Lane<S> {
             name: config.name.clone(),
             annotations: config.annotations.clone(),
         };
-        let (include, exclude) = config.tables.globs();
-        let globs = |list: &[String]| -> Result<Vec<GlobMatcher>, String> {
-            list.iter().map(|g| table_glob(g)).collect()
-        };
         let compile = |key: &str, code: &Option<String>| {
             code.as_deref()
                 .map(|c| Program::compile(c).map_err(|e| format!("{}: jq: {e}", config.key(key))))
@@ -138,8 +167,7 @@ impl<S> Lane<S> {
             name: config.name.clone(),
             at: config.at.clone(),
             builder: EventBuilder::new(&consumer, database),
-            include: globs(include)?,
-            exclude: globs(exclude)?,
+            tables: TableGlobs::compile(&config.tables)?,
             actions: config.actions.clone(),
             columns: by_table(&config.columns),
             group_columns: (!first).then(|| by_table(&config.group_columns)),
@@ -205,9 +233,7 @@ impl<S> Lane<S> {
 
     fn resolve(&self, table: &Table) -> Result<Option<View>, String> {
         let name = &table.qualified;
-        let taken = (self.include.is_empty() || self.include.iter().any(|g| g.is_match(name)))
-            && !self.exclude.iter().any(|g| g.is_match(name));
-        if !taken {
+        if !self.tables.takes(name) {
             return Ok(None);
         }
         let this = |(s, t): &(String, String)| *s == table.schema && *t == table.name;
@@ -319,9 +345,7 @@ impl<S> Lane<S> {
                 Ok(None)
             }
             Err(e) => {
-                let (setting, reason) = e.split_once(": ").unwrap_or(("transform", &e));
-                let setting = setting.rsplit('.').next().unwrap_or(setting).to_owned();
-                let reason = reason.to_owned();
+                let (setting, reason) = setting_and_reason(&e);
                 self.failed(event, &setting, reason).map(Some)
             }
         }
@@ -372,30 +396,7 @@ impl<S> Lane<S> {
             commit_idx = event.commit_idx,
             "an expression failed on an event; dead-lettering it"
         );
-        let reason = format!("{key}: {reason}");
-        let mut body = String::with_capacity(event.payload.len() + reason.len() + 32);
-        body.push_str("{\"reason\":");
-        event::write_str(&mut body, &reason);
-        body.push_str(",\"event\":");
-        if event.payload.len() + body.len() < DEAD_LETTER_MAX {
-            body.push_str(&event.payload);
-        } else {
-            body.push_str("{\"idempotency_key\":");
-            event::write_str(&mut body, &event.idempotency_key);
-            body.push_str(",\"action\":");
-            event::write_str(&mut body, event.action.as_str());
-            body.push_str(",\"table_schema\":");
-            event::write_str(&mut body, &event.table.schema);
-            body.push_str(",\"table_name\":");
-            event::write_str(&mut body, &event.table.name);
-            body.push_str(&format!(
-                ",\"commit_lsn\":{},\"commit_idx\":{},\"payload_bytes\":{}}}",
-                event.commit_lsn,
-                event.commit_idx,
-                event.payload.len()
-            ));
-        }
-        body.push('}');
+        let body = dead_letter_body(&event, &format!("{key}: {reason}"), DEAD_LETTER_MAX);
         Ok(Verdict::DeadLetter(Event {
             payload: body,
             ..event
@@ -414,9 +415,7 @@ impl<S> Lane<S> {
             text(&v["metadata"]["table_name"]),
         );
         let table = format!("{schema}.{name}");
-        let taken = (self.include.is_empty() || self.include.iter().any(|g| g.is_match(&table)))
-            && !self.exclude.iter().any(|g| g.is_match(&table));
-        if !taken {
+        if !self.tables.takes(&table) {
             return Ok(Preview::Skipped(format!(
                 "{table} is not among {}",
                 self.at_key("tables")
@@ -479,9 +478,8 @@ impl<S> Lane<S> {
                 ))
             }
             Err(e) => {
-                let (setting, reason) = e.split_once(": ").unwrap_or(("transform", &e));
-                let setting = setting.rsplit('.').next().unwrap_or(setting).to_owned();
-                return fail(&setting, reason.to_owned());
+                let (setting, reason) = setting_and_reason(&e);
+                return fail(&setting, reason);
             }
         };
         Ok(Preview::Sent {
@@ -743,24 +741,9 @@ pub async fn check_selections(
     };
     let mut out = Vec::new();
     for sink in &config.sinks {
-        let (include, exclude) = sink.tables.globs();
-        let (include, exclude) = (
-            include
-                .iter()
-                .filter_map(|g| table_glob(g).ok())
-                .collect::<Vec<_>>(),
-            exclude
-                .iter()
-                .filter_map(|g| table_glob(g).ok())
-                .collect::<Vec<_>>(),
-        );
-        let taken = names
-            .iter()
-            .filter(|n| {
-                (include.is_empty() || include.iter().any(|g| g.is_match(n)))
-                    && !exclude.iter().any(|g| g.is_match(n))
-            })
-            .count();
+        // Validated when the configuration was loaded.
+        let globs = TableGlobs::compile(&sink.tables).unwrap_or_default();
+        let taken = names.iter().filter(|n| globs.takes(n)).count();
         if taken == 0 && !names.is_empty() {
             out.push(Ok(format!(
                 "{}: matches no published table (published: {}): sink `{}` receives nothing",

@@ -643,7 +643,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let action = change.action();
         let idx = tx.take_idx();
         let mut verdicts: Vec<(usize, Verdict)> = Vec::with_capacity(self.lanes.len());
-        let mut pks = None;
+        let (mut pks, mut built) = (None, false);
         for (k, lane) in self.lanes.iter_mut().enumerate() {
             if !lane.takes(action) {
                 continue;
@@ -654,9 +654,13 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             let event = lane
                 .build(tx, idx, table, change, &view)
                 .map_err(|e| ReplicationError::Definite(e.to_string()))?;
-            if pks.is_none() {
+            if !built {
+                built = true;
                 self.tracker.metrics().received(&event);
-                pks = Some(event.pks.clone());
+                // The backfills' log needs the row's key (a sink's own build has it).
+                if self.backfills.is_some() {
+                    pks = Some(event.pks.clone());
+                }
             }
             if let Some(v) = lane.verdict(event).map_err(ReplicationError::Definite)? {
                 verdicts.push((k, v));

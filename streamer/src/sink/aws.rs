@@ -898,6 +898,23 @@ async fn reject<D: Destination, L: Destination>(
 /// The dead-letter message about `event`: `{"reason": …, "event": <the event>}`,
 /// or, when that is over `limit`, the event's metadata in place of the event.
 fn envelope(event: &Arc<Event>, reason: &str, limit: usize) -> Message {
+    // What the attributes take of the limit (the size of the message with the payload as body).
+    let attributes = Message::new(Arc::clone(event)).size() - event.payload.len();
+    Message {
+        event: Arc::clone(event),
+        body: Some(dead_letter_body(
+            event,
+            reason,
+            limit.saturating_sub(attributes),
+        )),
+        pointer: None,
+    }
+}
+
+/// The body of a dead-letter message about `event` (the one format of every
+/// dead-letter message the streamer sends): `{"reason": …, "event": <the event>}`,
+/// or, when that is over `room` bytes, the event's metadata in place of the event.
+pub fn dead_letter_body(event: &Event, reason: &str, room: usize) -> String {
     let mut body = String::with_capacity(event.payload.len() + reason.len() + 40);
     body.push_str("{\"reason\":");
     crate::event::write_str(&mut body, reason);
@@ -905,30 +922,24 @@ fn envelope(event: &Arc<Event>, reason: &str, limit: usize) -> Message {
     let head = body.len();
     body.push_str(&event.payload);
     body.push('}');
-    let mut m = Message {
-        event: Arc::clone(event),
-        body: Some(body),
-        pointer: None,
-    };
-    if m.size() > limit {
-        let b = m.body.get_or_insert_with(String::new);
-        b.truncate(head);
-        b.push_str("{\"idempotency_key\":");
-        crate::event::write_str(b, &event.idempotency_key);
-        b.push_str(",\"action\":");
-        crate::event::write_str(b, event.action.as_str());
-        b.push_str(",\"table_schema\":");
-        crate::event::write_str(b, &event.table.schema);
-        b.push_str(",\"table_name\":");
-        crate::event::write_str(b, &event.table.name);
-        b.push_str(&format!(
+    if body.len() > room {
+        body.truncate(head);
+        body.push_str("{\"idempotency_key\":");
+        crate::event::write_str(&mut body, &event.idempotency_key);
+        body.push_str(",\"action\":");
+        crate::event::write_str(&mut body, event.action.as_str());
+        body.push_str(",\"table_schema\":");
+        crate::event::write_str(&mut body, &event.table.schema);
+        body.push_str(",\"table_name\":");
+        crate::event::write_str(&mut body, &event.table.name);
+        body.push_str(&format!(
             ",\"commit_lsn\":{},\"commit_idx\":{},\"payload_bytes\":{}}}}}",
             event.commit_lsn,
             event.commit_idx,
             event.payload.len()
         ));
     }
-    m
+    body
 }
 
 #[cfg(test)]

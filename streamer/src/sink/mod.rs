@@ -20,7 +20,7 @@ mod sqs;
 mod stdout;
 mod window;
 
-pub use aws::{AwsSink, Destination, Entry};
+pub use aws::{dead_letter_body, AwsSink, Destination, Entry};
 pub use destinations::Destinations;
 pub use fault::{Fault, Refusal};
 pub use memory::MemorySink;
