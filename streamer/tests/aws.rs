@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use walcast_streamer::config::Config;
 use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
 use walcast_streamer::progress::Tracker;
-use walcast_streamer::sink::{Destinations, SinkError};
+use walcast_streamer::sink::SinkError;
 
 use crate::support::emulator::Emulator;
 use crate::support::{eventually, TestDb};
@@ -29,7 +29,7 @@ pub(crate) fn unique(prefix: &str) -> String {
     )
 }
 
-/// The pipeline in this process with the SQS or SNS sink.
+/// The pipeline in this process with the configured sinks (SQS, SNS, several).
 pub(crate) struct AwsRun {
     pub(crate) tracker: Tracker,
     stop: Option<oneshot::Sender<()>>,
@@ -49,11 +49,10 @@ impl AwsRun {
         let config = Arc::new(
             Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
         );
-        let destinations = Destinations::connect(&config.sinks[0])
+        // Every configured sink, wired as `streamer run` wires them.
+        let planned = walcast_streamer::fanout::plan(&config)
             .await
-            .expect("destinations")
-            .expect("an SQS or SNS sink");
-        destinations.verify().await.expect("the destinations check");
+            .expect("the sinks check");
         let slot = pipeline::setup(&config).await.expect("setup");
         let tracker = Tracker::new(slot.confirmed_flush_lsn);
         let (stop, rx) = oneshot::channel::<()>();
@@ -66,11 +65,12 @@ impl AwsRun {
             coordinator.clone(),
             tracker.clone(),
         ));
-        let sink = destinations.start(tracker.clone());
-        let p = Pipeline::new(
+        let lanes =
+            walcast_streamer::fanout::start(&config, planned, &tracker).expect("sinks start");
+        let p = Pipeline::with_lanes(
             Arc::clone(&config),
             PgConnector::new(&config),
-            sink,
+            lanes,
             tracker.clone(),
         )
         .with_backfills(coordinator);

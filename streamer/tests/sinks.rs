@@ -4,17 +4,12 @@
 //! queues; `kill -9` with two sinks loses nothing on either.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use walcast_streamer::config::Config;
 use walcast_streamer::fanout;
-use walcast_streamer::pipeline::{self, PgConnector, Pipeline, PipelineError, Stopped};
-use walcast_streamer::progress::Tracker;
 
-use crate::aws::{create_queue, receive, topic_with_queue, unique, Received};
+use crate::aws::{create_queue, receive, topic_with_queue, unique, AwsRun, Received};
 use crate::support::emulator::Emulator;
 use crate::support::TestDb;
 use crate::WAIT;
@@ -31,52 +26,6 @@ fn entry(emu: &Emulator, name: &str, kind: &str, target: &str, extra: &str) -> S
         "  - name: {name}\n    type: {kind}\n    {key}: {target}\n    endpoint_url: {}\n    access_key_id: test\n    secret_access_key: test\n{extra}",
         emu.endpoint
     )
-}
-
-/// The pipeline in this process with every configured sink (as `streamer run` wires them).
-struct Run {
-    tracker: Tracker,
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<Result<Stopped, PipelineError>>,
-}
-
-impl Run {
-    async fn start(db: &TestDb, extra_yaml: &str) -> Run {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let config = Arc::new(
-            Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
-        );
-        let planned = fanout::plan(&config).await.expect("the sinks check");
-        let slot = pipeline::setup(&config).await.expect("setup");
-        let tracker = Tracker::new(slot.confirmed_flush_lsn);
-        let lanes = fanout::start(&config, planned, &tracker).expect("sinks start");
-        let (stop, rx) = oneshot::channel::<()>();
-        let p = Pipeline::with_lanes(
-            Arc::clone(&config),
-            PgConnector::new(&config),
-            lanes,
-            tracker.clone(),
-        );
-        let handle = tokio::spawn(p.run(async {
-            let _ = rx.await;
-        }));
-        Run {
-            tracker,
-            stop: Some(stop),
-            handle,
-        }
-    }
-
-    async fn stop(mut self) -> Stopped {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        tokio::time::timeout(WAIT, &mut self.handle)
-            .await
-            .expect("pipeline stops")
-            .expect("pipeline task")
-            .expect("pipeline ends cleanly")
-    }
 }
 
 fn body(m: &Received) -> Value {
@@ -112,7 +61,7 @@ async fn two_sinks_from_one_slot_each_get_their_tables_actions_and_columns() {
             "    tables: {include: ['public.*'], exclude: [users]}\n    actions: [insert, delete]\n"
         ),
     );
-    let run = Run::start(&db, &yaml).await;
+    let run = AwsRun::start(&db, &yaml).await;
     db.exec(
         "INSERT INTO users VALUES (1, 'a@example.com', 'h1'), (2, 'b@example.com', 'h2');
          INSERT INTO orders VALUES (10, 1, 12345678901234567890.1234567890), (11, 2, 1);
@@ -205,7 +154,7 @@ async fn a_failing_expression_is_dead_lettered_with_its_reason_and_the_rest_flow
             &format!("    dead_letter_queue_url: {dlq}\n    transform: '{{id: .record.id, note: (.record.note | ascii_downcase)}}'\n"),
         ),
     );
-    let run = Run::start(&db, &yaml).await;
+    let run = AwsRun::start(&db, &yaml).await;
     db.exec("INSERT INTO notes VALUES (1, 'Hello'), (2, NULL), (3, 'World')")
         .await;
     let sent: BTreeSet<String> = receive(&sqs, &queue, 2)
@@ -260,7 +209,7 @@ async fn routing_by_table_to_two_queues() {
             ),
         ),
     );
-    let run = Run::start(&db, &yaml).await;
+    let run = AwsRun::start(&db, &yaml).await;
     db.exec(
         "INSERT INTO users SELECT generate_series(1, 5); INSERT INTO orders VALUES (1), (2);
          INSERT INTO misc VALUES (9)",
@@ -463,7 +412,7 @@ async fn two_sinks_on_one_fifo_queue_both_arrive() {
             "    transform: '{id: .record.id}'\n"
         ),
     );
-    let run = Run::start(&db, &yaml).await;
+    let run = AwsRun::start(&db, &yaml).await;
     db.exec("INSERT INTO s VALUES (1), (2), (3)").await;
     let got = receive(&sqs, &fifo, 6).await;
     let short = got
