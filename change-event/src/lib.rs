@@ -152,8 +152,13 @@ pub fn idempotency_key(commit_lsn: u64, commit_idx: u64) -> String {
 }
 
 /// The idempotency key of a backfilled row: base64 of `"<backfill_id>:<pk1>:<pk2>…"`.
-pub fn read_idempotency_key<S: AsRef<str>>(backfill_id: &str, pks: &[S]) -> String {
-    let mut raw = String::from(backfill_id);
+pub fn read_idempotency_key<I>(backfill_id: &str, pks: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let mut raw = String::with_capacity(backfill_id.len() + 32);
+    raw.push_str(backfill_id);
     for pk in pks {
         raw.push(':');
         raw.push_str(pk.as_ref());

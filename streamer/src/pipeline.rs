@@ -30,6 +30,9 @@ pub const ANNOTATIONS_SET: &str = "sequin:transaction_annotations.set";
 /// See [`ANNOTATIONS_SET`].
 pub const ANNOTATIONS_CLEAR: &str = "sequin:transaction_annotations.clear";
 
+/// Rows of a backfill chunk built and sent together (on two threads).
+const READ_BLOCK: usize = 4096;
+
 /// Why the run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -557,55 +560,65 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let at = chunk.read_at(tx.commit_lsn);
         let (rows, table) = (&chunk.rows, &chunk.table);
         let n = rows.len();
-        // Per sink that takes the table's reads: each row's verdict (None: left out).
-        let mut per_lane: Vec<(usize, Vec<Option<Verdict>>)> = Vec::new();
-        let mut counted = false;
-        for k in 0..self.lanes.len() {
-            let lane = &mut self.lanes[k];
+        // The sinks that take the table's reads, with how each sees the table.
+        let mut views = Vec::new();
+        for (k, lane) in self.lanes.iter_mut().enumerate() {
             if !lane.takes(change_event::Action::Read) {
                 continue;
             }
-            let Some(view) = lane.view(table).map_err(ReplicationError::Definite)? else {
-                continue;
-            };
-            let built = build_reads(lane.builder(), table, rows, &at, &view)
-                .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
-            if built.len() != n {
-                return Err(
-                    ReplicationError::Definite("backfill: building a chunk failed".into()).into(),
-                );
+            if let Some(view) = lane.view(table).map_err(ReplicationError::Definite)? {
+                views.push((k, view));
             }
-            let mut verdicts = Vec::with_capacity(n);
-            for event in built {
-                if !counted {
-                    self.tracker.metrics().received(&event);
-                }
-                if due.changed.contains(&event.pks) {
-                    verdicts.push(None);
-                    continue;
-                }
-                verdicts.push(lane.verdict(event).map_err(ReplicationError::Definite)?);
-            }
-            counted = true;
-            per_lane.push((k, verdicts));
         }
         let lanes = self.lanes.len();
         let mut sent = 0u64;
-        for i in 0..n {
-            let takers = per_lane.iter().filter(|(_, v)| v[i].is_some()).count() as u32;
-            if takers == 0 {
-                continue;
-            }
-            let seq = self.tracker.register_for(takers);
-            for (k, verdicts) in &mut per_lane {
-                if let Some(v) = verdicts[i].take() {
-                    let lane = &mut self.lanes[*k];
-                    lane.send(seq, v)
-                        .await
-                        .map_err(|e| lane_error(lanes, &lane.name, e))?;
+        // Built and sent a block at a time: a block's events stay in cache and the
+        // memory a chunk needs is its rows and one block, not every event of it.
+        let mut start = 0;
+        while start < n && !views.is_empty() {
+            let block = start..n.min(start + READ_BLOCK);
+            start = block.end;
+            // Per sink: each row's verdict (None: left out).
+            let mut per_lane: Vec<(usize, Vec<Option<Verdict>>)> = Vec::with_capacity(views.len());
+            for (j, (k, view)) in views.iter().enumerate() {
+                let lane = &self.lanes[*k];
+                let built = build_reads(lane.builder(), table, rows, block.clone(), &at, view)
+                    .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
+                if built.len() != block.len() {
+                    return Err(ReplicationError::Definite(
+                        "backfill: building a chunk failed".into(),
+                    )
+                    .into());
                 }
+                let mut verdicts = Vec::with_capacity(built.len());
+                for event in built {
+                    if j == 0 {
+                        self.tracker.metrics().received(&event);
+                    }
+                    if due.changed.contains(&event.pks) {
+                        verdicts.push(None);
+                        continue;
+                    }
+                    verdicts.push(lane.verdict(event).map_err(ReplicationError::Definite)?);
+                }
+                per_lane.push((*k, verdicts));
             }
-            sent += 1;
+            for i in 0..block.len() {
+                let takers = per_lane.iter().filter(|(_, v)| v[i].is_some()).count() as u32;
+                if takers == 0 {
+                    continue;
+                }
+                let seq = self.tracker.register_for(takers);
+                for (k, verdicts) in &mut per_lane {
+                    if let Some(v) = verdicts[i].take() {
+                        let lane = &mut self.lanes[*k];
+                        lane.send(seq, v)
+                            .await
+                            .map_err(|e| lane_error(lanes, &lane.name, e))?;
+                    }
+                }
+                sent += 1;
+            }
         }
         state.unflushed = true;
         coordinator.emitted(chunk.mark, tx.commit_lsn, sent);
@@ -692,33 +705,33 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
     }
 }
 
-/// The `read` events of a chunk's rows as one sink sees them; on two threads
-/// for a large chunk (building is the costly part of a chunk).
+/// The `read` events of a block of a chunk's rows as one sink sees them; on two
+/// threads for a large block (building is the costly part of a chunk).
 fn build_reads(
     builder: &EventBuilder,
     table: &Arc<Table>,
     rows: &crate::backfill::Rows,
+    block: std::ops::Range<usize>,
     at: &event::ReadAt,
     view: &event::View,
 ) -> Result<Vec<event::Event>, event::EventError> {
     let build = |range: std::ops::Range<usize>| -> Result<Vec<event::Event>, event::EventError> {
+        let mut tuple: Tuple<'_> = Vec::with_capacity(table.columns.len());
         range
             .map(|i| {
-                let tuple: Tuple<'_> = rows
-                    .row(i)
-                    .map(|v| v.map_or(Datum::Null, Datum::Text))
-                    .collect();
+                tuple.clear();
+                tuple.extend(rows.row(i).map(|v| v.map_or(Datum::Null, Datum::Text)));
                 builder.build_read(table, &tuple, at, i as u64, view)
             })
             .collect()
     };
-    let n = rows.len();
-    if n < 4096 {
-        return build(0..n);
+    if block.len() < 1024 {
+        return build(block);
     }
+    let middle = block.start + block.len() / 2;
     std::thread::scope(|s| {
-        let second = s.spawn(|| build(n / 2..n));
-        let first = build(0..n / 2);
+        let second = s.spawn(|| build(middle..block.end));
+        let first = build(block.start..middle);
         let second = second.join().unwrap_or_else(|_| Ok(Vec::new()));
         first.and_then(|mut f| {
             f.extend(second?);

@@ -9,7 +9,6 @@ mod value;
 
 pub use value::{write_str, write_value, TypeKind, ValueError};
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use change_event::Action;
@@ -365,7 +364,7 @@ impl EventBuilder {
             timestamp_json: &at.timestamp_json,
             idx,
             annotations: None,
-            backfill: Some(at.backfill_id),
+            backfill: Some(&at.backfill_text),
         };
         self.write(table, Action::Read, row, None, at, view)
     }
@@ -456,13 +455,17 @@ impl EventBuilder {
         pks.push(']');
         let idempotency_key = match at.backfill {
             None => change_event::idempotency_key(at.commit_lsn, at.idx),
-            Some(id) => change_event::read_idempotency_key(&id.to_string(), &key_values(&pks)),
+            Some(id) => read_key(id, &pks),
         };
-        let _ = write!(
-            out,
-            ",\"commit_lsn\":{},\"commit_idx\":{},\"idempotency_key\":\"{idempotency_key}\",\"record_pks\":{pks}",
-            at.commit_lsn, at.idx
-        );
+        let mut digits = itoa::Buffer::new();
+        out.push_str(",\"commit_lsn\":");
+        out.push_str(digits.format(at.commit_lsn));
+        out.push_str(",\"commit_idx\":");
+        out.push_str(digits.format(at.idx));
+        out.push_str(",\"idempotency_key\":\"");
+        out.push_str(&idempotency_key);
+        out.push_str("\",\"record_pks\":");
+        out.push_str(&pks);
         out.push_str(",\"transaction_annotations\":");
         out.push_str(at.annotations.unwrap_or("null"));
         out.push_str(&self.suffix);
@@ -520,7 +523,7 @@ struct Position<'a> {
     idx: u64,
     annotations: Option<&'a str>,
     /// For a `read`: the backfill's id (the idempotency key names it).
-    backfill: Option<u64>,
+    backfill: Option<&'a str>,
 }
 
 /// Where a backfill chunk's `read` events sit.
@@ -533,6 +536,7 @@ pub struct ReadAt {
     /// When the chunk was read, microseconds since the Unix epoch.
     pub read_time_micros: i64,
     timestamp_json: String,
+    backfill_text: String,
 }
 
 impl ReadAt {
@@ -548,6 +552,7 @@ impl ReadAt {
             commit_lsn,
             read_time_micros,
             timestamp_json,
+            backfill_text: backfill_id.to_string(),
         }
     }
 }
@@ -584,6 +589,18 @@ fn write_datum(
 }
 
 /// The strings of a `record_pks` JSON array (without a JSON parse when nothing is escaped).
+/// The idempotency key of a `read` of the row whose `record_pks` is `pks`.
+fn read_key(backfill_id: &str, pks: &str) -> String {
+    if pks.contains('\\') {
+        return change_event::read_idempotency_key(backfill_id, key_values(pks));
+    }
+    let inner = pks.strip_prefix("[\"").and_then(|p| p.strip_suffix("\"]"));
+    change_event::read_idempotency_key(
+        backfill_id,
+        inner.into_iter().flat_map(|i| i.split("\",\"")),
+    )
+}
+
 fn key_values(pks: &str) -> Vec<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
     if pks.contains('\\') {
@@ -645,10 +662,18 @@ fn write_key(
             let start = out.len();
             write_datum(out, table, col, datum)?;
             if !out[start..].starts_with('"') {
-                // Numbers and booleans hold no character that needs escaping; JSON
-                // objects (a json key) are written as their text.
-                let json = out.split_off(start);
-                write_str(out, &json);
+                // Numbers and booleans hold no character that needs escaping: quoted
+                // in place. JSON objects (a json key) are written as their text.
+                if out[start..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                {
+                    out.insert(start, '"');
+                    out.push('"');
+                } else {
+                    let json = out.split_off(start);
+                    write_str(out, &json);
+                }
             }
         }
         // Key columns are never NULL, and Postgres sends them even when stored out of line.
@@ -676,7 +701,8 @@ pub fn escape_refused(json: &mut String) {
 /// `schema.table:v1:v2…` over the group columns; its SHA-256 hex when over
 /// 128 characters or holding characters SQS refuses in a `MessageGroupId`.
 fn group_id<'a>(table: &Table, key: &[usize], value_at: &impl Fn(usize) -> Datum<'a>) -> String {
-    let mut id = table.qualified.clone();
+    let mut id = String::with_capacity(table.qualified.len() + 24);
+    id.push_str(&table.qualified);
     for &i in key {
         id.push(':');
         match value_at(i) {
