@@ -153,7 +153,14 @@ struct Session {
     xid: u32,
     /// Events went to the sink since its last flush.
     unflushed: bool,
+    /// When the sink was last flushed for a quiet stream.
+    flushed_at: Option<tokio::time::Instant>,
 }
+
+/// How long a quiet stream's events may wait for more before the sink is flushed:
+/// many small transactions then go out together instead of one flush each, and a
+/// lone change waits at most this long (none when the last flush is older).
+const FLUSH_LINGER: Duration = Duration::from_millis(1);
 
 /// Awaits `work` unless `shutdown` resolves first (then `None`).
 async fn unless<T>(
@@ -354,29 +361,38 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let mut state = Session::default();
         let mut confirm_rx = self.tracker.subscribe();
 
-        loop {
+        'stream: loop {
             // Take what is ready; when nothing is, flush the sink before waiting.
             let msg = match tokio::time::timeout(Duration::ZERO, stream.recv()).await {
                 Ok(msg) => msg,
-                Err(_) => {
+                Err(_) => 'quiet: {
                     if state.unflushed {
+                        let since = state.flushed_at.map_or(FLUSH_LINGER, |t| t.elapsed());
+                        if since < FLUSH_LINGER {
+                            if let Ok(msg) =
+                                tokio::time::timeout(FLUSH_LINGER - since, stream.recv()).await
+                            {
+                                break 'quiet msg;
+                            }
+                        }
                         match unless(shutdown, self.flush()).await {
                             Some(r) => r?,
                             None => return self.stop(stream, &catalog).await,
                         }
                         state.unflushed = false;
+                        state.flushed_at = Some(tokio::time::Instant::now());
                     }
                     let waited = tokio::select! {
                         biased;
                         _ = shutdown.as_mut() => None,
                         _ = confirm_rx.changed() => {
                             stream.confirm(*confirm_rx.borrow_and_update());
-                            continue;
+                            continue 'stream;
                         }
                         // A sink that fails while the stream is quiet must still stop the run.
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {
                             state.unflushed = true;
-                            continue;
+                            continue 'stream;
                         }
                         msg = stream.recv() => Some(msg),
                     };
