@@ -355,7 +355,11 @@ async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("http.listen {addr}: cannot listen"))?;
-        tracing::info!(listen = %addr, "serving /healthz and /metrics");
+        // The bound address: with port 0 the system picks one, and this names it.
+        let bound = listener
+            .local_addr()
+            .map_or(addr.clone(), |a| a.to_string());
+        tracing::info!(listen = %bound, "serving /healthz and /metrics");
         tokio::spawn(ops::serve(listener, tracker.clone()));
         tokio::spawn(ops::probe_lag(
             config.postgres(),

@@ -574,3 +574,31 @@ async fn heartbeats_advance_the_slot_and_show_their_age() {
     assert!(s.wait_exit().await.success());
     db.drop_db().await;
 }
+
+/// `http.listen` on port 0: the system picks a port, and the log names the one bound.
+#[tokio::test]
+async fn the_log_names_the_port_bound_for_port_0() {
+    let db = TestDb::new("bin_port0").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        &db,
+        dir.path(),
+        "  tables: [t]\nhttp:\n  listen: 127.0.0.1:0\n",
+    );
+    let mut s = Streamer::start(&config, dir.path(), 1);
+    let log = dir.path().join("err-1.log");
+    let bound = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let line = text.lines().find(|l| l.contains("serving /healthz"))?;
+        let at = line.find("listen=")? + "listen=".len();
+        Some(line[at..].split_whitespace().next()?.to_owned())
+    };
+    eventually(WAIT, || async { bound().is_some() }).await;
+    let addr = bound().expect("logged");
+    assert!(!addr.ends_with(":0"), "{addr}");
+    eventually(WAIT, || async { healthz(&addr) }).await;
+    s.signal("-TERM");
+    assert!(s.wait_exit().await.success());
+    db.drop_db().await;
+}
