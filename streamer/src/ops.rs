@@ -64,6 +64,9 @@ pub struct Metrics {
     connected: AtomicBool,
     sink_error: Mutex<Option<String>>,
     last_accept: Mutex<Option<Instant>>,
+    /// Why the last delivery attempt was retried (cleared when one is accepted), for
+    /// `/healthz` of a stalled sink: AWS's code and message, never an event's values.
+    last_retry: Mutex<Option<String>>,
     started: Instant,
     backfills: Mutex<BTreeMap<String, BackfillGauge>>,
     /// Events handed to this sink minus those it accepted (per-sink metrics only).
@@ -96,6 +99,7 @@ impl Default for Metrics {
             connected: AtomicBool::new(false),
             sink_error: Mutex::default(),
             last_accept: Mutex::default(),
+            last_retry: Mutex::default(),
             started: Instant::now(),
             backfills: Mutex::default(),
             in_flight: AtomicI64::new(0),
@@ -254,6 +258,17 @@ impl Metrics {
             if let Ok(mut t) = self.last_accept.lock() {
                 *t = Some(Instant::now());
             }
+            if let Ok(mut r) = self.last_retry.lock() {
+                *r = None;
+            }
+        }
+    }
+
+    /// Delivery attempts are being retried for `reason` (shown by `/healthz` while
+    /// the sink is stalled).
+    pub fn retrying(&self, reason: String) {
+        if let Ok(mut r) = self.last_retry.lock() {
+            *r = Some(reason);
         }
     }
 
@@ -358,9 +373,11 @@ impl Metrics {
         if holding {
             let last = self.last_accept.lock().ok().and_then(|t| *t);
             if last.unwrap_or(self.started).elapsed() > STALL {
+                let retry = self.last_retry.lock().ok().and_then(|r| r.clone());
                 return Err(format!(
-                    "{sink} has events in flight and accepted none for {}s",
-                    STALL.as_secs()
+                    "{sink} has events in flight and accepted none for {}s{}",
+                    STALL.as_secs(),
+                    retry.map_or_else(String::new, |r| format!("; retrying: {r}"))
                 ));
             }
         }
@@ -1121,6 +1138,31 @@ pub mod emf {
                 "{text}"
             );
             assert!(text.contains("walcast_up 0"), "{text}");
+        }
+
+        #[test]
+        fn a_stalled_sink_says_why_it_retries_until_one_is_accepted() {
+            let tracker = Tracker::new(0);
+            let root = tracker.metrics();
+            root.set_connected(true);
+            let stalled = || {
+                *root.last_accept.lock().expect("lock") =
+                    Some(std::time::Instant::now() - 2 * crate::ops::STALL);
+            };
+            stalled();
+            root.retrying("orders.fifo: ThrottlingException: Rate exceeded".into());
+            assert_eq!(
+                root.sink_health(None, true),
+                Err("sink has events in flight and accepted none for 120s; retrying: orders.fifo: ThrottlingException: Rate exceeded".into())
+            );
+            root.delivered(&event(0));
+            assert_eq!(root.sink_health(None, true), Ok(()));
+            stalled();
+            assert_eq!(
+                root.sink_health(None, true),
+                Err("sink has events in flight and accepted none for 120s".into()),
+                "an accepted event clears the reason"
+            );
         }
 
         #[test]

@@ -763,6 +763,11 @@ async fn deliver<D: Destination, L: Destination>(
         attempt += 1;
         let delay = backoff::DELIVERY.delay(attempt);
         let fault = last.as_ref();
+        metrics.retrying(format!(
+            "{}: {}",
+            s.dest.name(),
+            fault.map(ToString::to_string).unwrap_or_default()
+        ));
         tracing::warn!(
             destination = %s.dest.name(),
             code = fault.and_then(Fault::code).unwrap_or("none"),
