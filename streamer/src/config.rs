@@ -809,10 +809,20 @@ impl Config {
         if let Some(unknown) = env.keys().find(|k| {
             SECTIONS.iter().any(|p| k.starts_with(p)) && !ENV_KEYS.iter().any(|e| e.0 == k.as_str())
         }) {
-            return Err(ConfigError::Parse(format!(
-                "unknown environment variable {unknown} (known: {})",
-                env_keys().collect::<Vec<_>>().join(", ")
-            )));
+            // A typo gets the name it most likely meant; else the list.
+            let closest = env_keys()
+                .map(|k| (strsim::jaro_winkler(unknown, k), k))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(score, _)| *score >= 0.9);
+            return Err(ConfigError::Parse(match closest {
+                Some((_, k)) => {
+                    format!("unknown environment variable {unknown}: did you mean {k}?")
+                }
+                None => format!(
+                    "unknown environment variable {unknown} (known: {})",
+                    env_keys().collect::<Vec<_>>().join(", ")
+                ),
+            }));
         }
         let has_url = root
             .get("source")
@@ -1225,6 +1235,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_unknown_variable_gets_the_name_it_meant_or_the_list() {
+        let yaml = Some("source: {url: 'postgres://u@h/d'}\nsink: {type: stdout}");
+        let typo = Config::load(yaml, env(&[("WALCAST_SINK_QUEUEURL", "x")])).expect_err("typo");
+        assert_eq!(
+            typo.to_string(),
+            "invalid config: unknown environment variable WALCAST_SINK_QUEUEURL: did you mean WALCAST_SINK_QUEUE_URL?"
+        );
+        let far =
+            Config::load(yaml, env(&[("WALCAST_SINK_ZZZZZZZZZZZZZZ", "x")])).expect_err("unknown");
+        let far = far.to_string();
+        assert!(far.contains("(known: WALCAST_SINKS, WALCAST_SOURCE_URL,"), "{far}");
+        assert!(!far.contains("did you mean"), "{far}");
     }
 
     #[test]
