@@ -8,13 +8,17 @@
 #    ROWS/10 deletes), read by the streamer with the stdout sink, plain and with a typical
 #    filter + transform (leave out the deletes; drop 2 columns and rename the keys). Each
 #    run has its own slot, all created before the workload; the two are alternated, RUNS
-#    each; medians. Ratio = plain time / shaped time (1.0: shaping costs nothing).
+#    each; medians. Ratio = plain time / shaped time (1.0: shaping costs nothing). Also the
+#    streamer's CPU time (user + sys): the wall time is Postgres's as long as the streamer
+#    keeps up, its CPU time is what shaping costs.
 # 2. Two sinks, one slot, against two streamers on two slots, the same WAL (ROWS/5
 #    inserts): the sinks are stdout and a standard SQS queue on the emulator (fauxqs).
 #    Measured: Postgres's CPU time for the run (user + sys of the backends that ended in
 #    it: the walsenders and the streamers' catalog connections, from the postmaster's
 #    cutime/cstime in /proc), and the wall time.
 # Results: markdown on stdout and appended to bench/results.md.
+#
+#   STREAMER=/tmp/streamer-before bash bench/sinks.sh   # measure another build (before/after)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -26,8 +30,9 @@ run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; f
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling
-streamer="$root/target/release/streamer"
-ceiling="$root/target/release/sqs-ceiling"
+target="${CARGO_TARGET_DIR:-$root/target}"
+streamer="${STREAMER:-$target/release/streamer}"
+ceiling="$target/release/sqs-ceiling"
 fauxqs="$(bash infra/install-emulator.sh | tail -n 1)"
 
 work="$(mktemp -d /tmp/walcast-bench-sinks.XXXXXX)"
@@ -68,6 +73,15 @@ for line in open(sys.argv[1]):
     if "elapsed_ms" in j:
         print(j["elapsed_ms"] / 1000)' "$1"
 }
+# Runs "$@" (stdout and stderr as they are) and writes its CPU seconds (user + sys) to $1.
+with_cpu() {
+  python3 -c '
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{u.ru_utime + u.ru_stime}\n")
+sys.exit(code)' "$@"
+}
 # CPU seconds (user + sys) of the postmaster's ended children so far.
 pg_cpu() { python3 -c '
 import os, sys
@@ -92,7 +106,7 @@ for r in $(seq "$RUNS"); do new_slot "plain_$r"; new_slot "shaped_$r"; done
 psql -c "INSERT INTO bench_t SELECT i, $ROW FROM generate_series(1, $ROWS) i" \
   -c "UPDATE bench_t SET n = n + 1 WHERE id % 10 = 0" -c "DELETE FROM bench_t WHERE id % 10 = 5" >/dev/null
 endpos="$(psql -At -c "SELECT pg_current_wal_insert_lsn()")"
-plain=() shaped=() plain_n=0 shaped_n=0
+plain=() shaped=() plain_cpu=() shaped_cpu=() plain_n=0 shaped_n=0
 for r in $(seq "$RUNS"); do
   for kind in plain shaped; do
     {
@@ -109,14 +123,21 @@ YAML
       fi
       echo "log: {format: json}"
     } >"$work/$kind.yaml"
-    "$streamer" run --config "$work/$kind.yaml" --until-lsn "$endpos" 2>"$work/$kind.log" | wc -l >"$work/$kind.count"
+    with_cpu "$work/$kind.cpu" "$streamer" run --config "$work/$kind.yaml" --until-lsn "$endpos" 2>"$work/$kind.log" | wc -l >"$work/$kind.count"
     s="$(elapsed_of "$work/$kind.log")"
-    if [ "$kind" = plain ]; then plain+=("$s"); plain_n=$(cat "$work/$kind.count"); else shaped+=("$s"); shaped_n=$(cat "$work/$kind.count"); fi
-    echo "   run $r $kind: $s s" >&2
+    c="$(cat "$work/$kind.cpu")"
+    if [ "$kind" = plain ]; then
+      plain+=("$s"); plain_cpu+=("$c"); plain_n=$(cat "$work/$kind.count")
+    else
+      shaped+=("$s"); shaped_cpu+=("$c"); shaped_n=$(cat "$work/$kind.count")
+    fi
+    echo "   run $r $kind: $s s, streamer CPU $c s" >&2
   done
 done
 plain_s="$(median "${plain[@]}")"
 shaped_s="$(median "${shaped[@]}")"
+plain_c="$(median "${plain_cpu[@]}")"
+shaped_c="$(median "${shaped_cpu[@]}")"
 
 # ---------------------------------------------------------------- 2. two sinks, one slot
 n2=$((ROWS / 5))
@@ -150,22 +171,24 @@ one_cpu=$(python3 -c "print($cpu1 - $cpu0)"); two_cpu=$(python3 -c "print($cpu2 
 one_wall=$(python3 -c "print($t1 - $t0)"); two_wall=$(python3 -c "print($t2 - $t1 - 0.5)")
 
 python3 - "$plain_s" "$shaped_s" "$plain_n" "$shaped_n" "$RUNS" "$ROWS" "$n2" "$one_cpu" "$two_cpu" \
-  "$one_wall" "$two_wall" "$(cat "$work/both.count")" "$(cat "$work/one_a.count")" <<'PY' | tee -a "$root/bench/results.md"
+  "$one_wall" "$two_wall" "$(cat "$work/both.count")" "$(cat "$work/one_a.count")" \
+  "$plain_c" "$shaped_c" "${STREAMER:-}" <<'PY' | tee -a "$root/bench/results.md"
 import sys, datetime, os, subprocess
 (plain, shaped, plain_n, shaped_n, runs, rows, n2, one_cpu, two_cpu, one_wall, two_wall,
- both_n, one_n) = sys.argv[1:]
-plain, shaped = float(plain), float(shaped)
+ both_n, one_n, plain_c, shaped_c, other) = sys.argv[1:]
+plain, shaped, plain_c, shaped_c = float(plain), float(shaped), float(plain_c), float(shaped_c)
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(f"\n## Sinks: shaping and one slot for two sinks ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, commit {commit})\n")
+what = f"streamer {other}" if other else f"commit {commit}"
+print(f"\n## Sinks: shaping and one slot for two sinks ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {what})\n")
 print(f"`bash bench/sinks.sh`: {rows} inserts in one transaction, then {int(rows)//10} updates and")
 print(f"{int(rows)//10} deletes; the stdout sink, each run on its own slot of the same WAL, medians of {runs}")
 print("(alternated). Shaped: `filter: '.action != \"delete\"'` and a transform that keeps 6 of the")
 print("7 columns under new names, with the action, commit time and LSN.\n")
-print("| reader | events out | s (median) | events in / s | × plain |")
-print("|---|---:|---:|---:|---:|")
+print("| reader | events out | s (median) | events in / s | × plain | streamer CPU s (median) | µs CPU / event in |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 total = int(rows) + 2 * (int(rows) // 10)
-print(f"| stdout, plain | {plain_n} | {plain:.2f} | {total / plain:,.0f} | 1.00 |")
-print(f"| stdout, filter + transform | {shaped_n} | {shaped:.2f} | {total / shaped:,.0f} | {plain / shaped:.2f} |")
+print(f"| stdout, plain | {plain_n} | {plain:.2f} | {total / plain:,.0f} | 1.00 | {plain_c:.2f} | {plain_c / total * 1e6:.1f} |")
+print(f"| stdout, filter + transform | {shaped_n} | {shaped:.2f} | {total / shaped:,.0f} | {plain / shaped:.2f} | {shaped_c:.2f} | {shaped_c / total * 1e6:.1f} |")
 print(f"\nTwo sinks (stdout and a standard SQS queue on fauxqs), {n2} inserts: one streamer on one slot,")
 print("then two streamers on two slots side by side, the same WAL. Postgres CPU is user + sys of the")
 print("backends that ended in the run (walsenders and the streamers' catalog connections).\n")

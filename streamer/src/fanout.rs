@@ -122,6 +122,8 @@ pub struct Lane<S> {
     shape: Shape,
     route: Option<Program>,
     group: Option<Program>,
+    /// Some expression has a native plan: scan events for it (else jaq parses them).
+    native: bool,
     /// Outlet 0 is the sink's own; then `routes` in name order.
     outlets: Vec<S>,
     route_names: Vec<String>,
@@ -160,6 +162,15 @@ impl<S> Lane<S> {
             routes,
             dead_letter,
         } = outlets;
+        let shape = Shape::compile_at(
+            &config.at,
+            config.filter.as_deref(),
+            config.transform.as_deref(),
+        )?;
+        let route = compile("route", &config.route)?;
+        let group = compile("group_id", &config.group_id)?;
+        let programs = [&shape.filter, &shape.transform, &route, &group];
+        let native = programs.into_iter().flatten().any(Program::is_native);
         let route_names: Vec<String> = routes.keys().cloned().collect();
         let mut all = vec![main];
         all.extend(routes.into_values());
@@ -172,13 +183,10 @@ impl<S> Lane<S> {
             columns: by_table(&config.columns),
             group_columns: (!first).then(|| by_table(&config.group_columns)),
             views: HashMap::new(),
-            shape: Shape::compile_at(
-                &config.at,
-                config.filter.as_deref(),
-                config.transform.as_deref(),
-            )?,
-            route: compile("route", &config.route)?,
-            group: compile("group_id", &config.group_id)?,
+            native,
+            shape,
+            route,
+            group,
             outlets: all,
             route_names,
             dead_letter,
@@ -315,7 +323,12 @@ impl<S> Lane<S> {
             return Ok(Some(Verdict::Send(0, event)));
         }
         // One parse for every expression of the sink.
-        let input = match Input::parse(&event.payload) {
+        let parsed = if self.native {
+            Input::parse(&event.payload)
+        } else {
+            Input::parse_for_jaq(&event.payload)
+        };
+        let input = match parsed {
             Ok(i) => i,
             Err(e) => return self.failed(event, "transform", e).map(Some),
         };
@@ -352,7 +365,7 @@ impl<S> Lane<S> {
     }
 
     /// The outlet `route` names for the event (0 when there is no route or it yields null).
-    fn outlet(&self, input: &Input) -> Result<usize, String> {
+    fn outlet(&self, input: &Input<'_>) -> Result<usize, String> {
         let Some(route) = &self.route else {
             return Ok(0);
         };
@@ -568,7 +581,7 @@ fn by_table<V: Clone>(m: &BTreeMap<String, V>) -> PerTable<V> {
 
 /// The first output of `program` on `payload` as text: a string's content, a
 /// number's digits; `None` for null or no output.
-fn text_output(program: &Program, input: &Input) -> Result<Option<String>, String> {
+fn text_output(program: &Program, input: &Input<'_>) -> Result<Option<String>, String> {
     let out = program.run_on(input)?;
     let Some(first) = out.into_iter().next() else {
         return Ok(None);

@@ -5,6 +5,16 @@
 //! a `numeric(30,10)` column survives a transform that does not compute with it.
 //! `halt` and `input` do not reach the process: a program that halts is a runtime
 //! error of that event, and there are no further inputs.
+//!
+//! The common programs (paths, comparisons with literals, `and`/`or`/`not`, objects of
+//! paths, `del`) also get a native plan ([`native`]) that runs on the event's text
+//! without building jaq's values ([`scan`]); jaq parses the event, once, only when a
+//! program has no plan or its plan cannot vouch for jaq's result on that event.
+
+mod native;
+mod scan;
+
+use std::cell::OnceCell;
 
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::{data, Compiler, Ctx, Vars};
@@ -15,6 +25,8 @@ type Data = data::JustLut<Val>;
 /// A compiled jq program.
 pub struct Program {
     filter: jaq_core::compile::Filter<jaq_core::Native<Data>>,
+    /// The native plan, when the program is in its subset.
+    native: Option<native::Plan>,
 }
 
 impl std::fmt::Debug for Program {
@@ -71,7 +83,15 @@ impl Program {
                     .collect::<Vec<_>>()
                     .join("; ")
             })?;
-        Ok(Program { filter })
+        Ok(Program {
+            filter,
+            native: native::Plan::compile(code),
+        })
+    }
+
+    /// Whether the program has a native plan (it may still fall back to jaq on an event).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     /// Runs the program on the JSON text `input`: its outputs as JSON text.
@@ -80,8 +100,29 @@ impl Program {
     }
 
     /// Runs the program on a parsed input (one parse for several programs).
-    pub fn run_on(&self, input: &Input) -> Result<Vec<String>, String> {
-        let value = input.0.clone();
+    pub fn run_on(&self, input: &Input<'_>) -> Result<Vec<String>, String> {
+        if let (Some(plan), Some(doc)) = (&self.native, &input.doc) {
+            if let Ok(out) = plan.output(doc) {
+                return Ok(vec![out]);
+            }
+        }
+        self.run_jaq(input)
+    }
+
+    /// Whether the program's first output on `input` is `true` (a filter's verdict).
+    pub fn is_true_on(&self, input: &Input<'_>) -> Result<bool, String> {
+        if let (Some(plan), Some(doc)) = (&self.native, &input.doc) {
+            if let Ok(b) = plan.is_true(doc) {
+                return Ok(b);
+            }
+        }
+        let out = self.run_jaq(input)?;
+        Ok(out.first().map(String::as_str) == Some("true"))
+    }
+
+    /// Runs the program in jaq.
+    fn run_jaq(&self, input: &Input<'_>) -> Result<Vec<String>, String> {
+        let value = input.value()?.clone();
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
         for result in self.filter.id.run((ctx, value)) {
@@ -99,16 +140,52 @@ impl Program {
     }
 }
 
-/// A JSON text parsed once for the programs that run on it.
-pub struct Input(Val);
+/// A JSON text read once for the programs that run on it: scanned for the native plans
+/// and parsed into jaq's values when a program needs them (at most once).
+pub struct Input<'a> {
+    text: &'a str,
+    /// `None`: not strict JSON (jaq parsed it, for its verdict).
+    doc: Option<scan::Doc<'a>>,
+    value: OnceCell<Val>,
+}
 
-impl Input {
-    /// Parses the JSON text.
-    pub fn parse(json: &str) -> Result<Input, String> {
-        jaq_json::read::parse_single(json.as_bytes())
-            .map(Input)
-            .map_err(|e| format!("the input is not JSON: {e}"))
+impl<'a> Input<'a> {
+    /// Reads the JSON text; the error is jaq's.
+    pub fn parse(json: &'a str) -> Result<Input<'a>, String> {
+        let doc = scan::Doc::scan(json);
+        let value = OnceCell::new();
+        if doc.is_none() {
+            let _ = value.set(parse_value(json)?);
+        }
+        Ok(Input {
+            text: json,
+            doc,
+            value,
+        })
     }
+
+    /// Reads the JSON text for programs without a native plan: jaq parses it at once,
+    /// no scan.
+    pub fn parse_for_jaq(json: &'a str) -> Result<Input<'a>, String> {
+        Ok(Input {
+            text: json,
+            doc: None,
+            value: OnceCell::from(parse_value(json)?),
+        })
+    }
+
+    /// The text as jaq's value, parsed on first use.
+    fn value(&self) -> Result<&Val, String> {
+        if let Some(v) = self.value.get() {
+            return Ok(v);
+        }
+        let v = parse_value(self.text)?;
+        Ok(self.value.get_or_init(|| v))
+    }
+}
+
+fn parse_value(json: &str) -> Result<Val, String> {
+    jaq_json::read::parse_single(json.as_bytes()).map_err(|e| format!("the input is not JSON: {e}"))
 }
 
 /// What a sink's programs make of one event.
@@ -179,12 +256,12 @@ impl Shape {
     }
 
     /// [`Shape::apply`] with the event already parsed.
-    pub fn apply_to(&self, input: &Input) -> Result<Shaped, String> {
+    pub fn apply_to(&self, input: &Input<'_>) -> Result<Shaped, String> {
         if let Some(filter) = &self.filter {
-            let out = filter
-                .run_on(input)
+            let pass = filter
+                .is_true_on(input)
                 .map_err(|e| format!("{}.filter: {e}", self.at))?;
-            if out.first().map(String::as_str) != Some("true") {
+            if !pass {
                 return Ok(Shaped::Skip);
             }
         }
