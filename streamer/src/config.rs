@@ -1248,7 +1248,10 @@ mod tests {
         let far =
             Config::load(yaml, env(&[("WALCAST_SINK_ZZZZZZZZZZZZZZ", "x")])).expect_err("unknown");
         let far = far.to_string();
-        assert!(far.contains("(known: WALCAST_SINKS, WALCAST_SOURCE_URL,"), "{far}");
+        assert!(
+            far.contains("(known: WALCAST_SINKS, WALCAST_SOURCE_URL,"),
+            "{far}"
+        );
         assert!(!far.contains("did you mean"), "{far}");
     }
 
