@@ -588,29 +588,30 @@ fn write_datum(
     Ok(())
 }
 
-/// The strings of a `record_pks` JSON array (without a JSON parse when nothing is escaped).
 /// The idempotency key of a `read` of the row whose `record_pks` is `pks`.
 fn read_key(backfill_id: &str, pks: &str) -> String {
-    if pks.contains('\\') {
-        return change_event::read_idempotency_key(backfill_id, key_values(pks));
-    }
-    let inner = pks.strip_prefix("[\"").and_then(|p| p.strip_suffix("\"]"));
-    change_event::read_idempotency_key(
-        backfill_id,
-        inner.into_iter().flat_map(|i| i.split("\",\"")),
-    )
+    change_event::read_idempotency_key(backfill_id, key_values(pks))
 }
 
-fn key_values(pks: &str) -> Vec<std::borrow::Cow<'_, str>> {
+/// The strings of a `record_pks` JSON array (without a JSON parse, nor a list, when
+/// nothing is escaped).
+fn key_values(pks: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
-    if pks.contains('\\') {
-        let parsed: Vec<String> = serde_json::from_str(pks).unwrap_or_default();
-        return parsed.into_iter().map(Cow::Owned).collect();
-    }
-    match pks.strip_prefix("[\"").and_then(|p| p.strip_suffix("\"]")) {
-        Some(inner) => inner.split("\",\"").map(Cow::Borrowed).collect(),
-        None => Vec::new(),
-    }
+    let escaped = pks.contains('\\');
+    let parsed: Vec<String> = if escaped {
+        serde_json::from_str(pks).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let plain = (!escaped)
+        .then(|| pks.strip_prefix("[\"").and_then(|p| p.strip_suffix("\"]")))
+        .flatten();
+    parsed.into_iter().map(Cow::Owned).chain(
+        plain
+            .into_iter()
+            .flat_map(|inner| inner.split("\",\""))
+            .map(Cow::Borrowed),
+    )
 }
 
 /// `record_pks` as JSON of a change's row (what its event's `record_pks` holds).
@@ -877,9 +878,10 @@ mod tests {
 
     #[test]
     fn key_values_of_record_pks() {
-        assert_eq!(key_values(r#"["1","a"]"#), ["1", "a"]);
-        assert_eq!(key_values(r#"["a\"b","c"]"#), ["a\"b", "c"]);
-        assert!(key_values("[]").is_empty());
+        let values = |pks| key_values(pks).collect::<Vec<_>>();
+        assert_eq!(values(r#"["1","a"]"#), ["1", "a"]);
+        assert_eq!(values(r#"["a\"b","c"]"#), ["a\"b", "c"]);
+        assert!(values("[]").is_empty());
     }
 
     #[test]
