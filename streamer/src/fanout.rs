@@ -196,10 +196,11 @@ impl<S> Lane<S> {
         })
     }
 
-    /// The sink shares a FIFO queue or topic with another sink: its events get
-    /// deduplication ids of their own (see [`Event::dedup_scope`]).
-    pub fn with_own_dedup_ids(mut self) -> Self {
-        self.dedup_scope = Some(Arc::from(self.name.as_str()));
+    /// The scope of this sink's FIFO deduplication ids (see [`Event::dedup_scope`]):
+    /// [`dedup_scope`] of the streamer, and of the sink when it shares a FIFO queue or
+    /// topic with another sink of the streamer.
+    pub fn with_dedup_scope(mut self, scope: String) -> Self {
+        self.dedup_scope = Some(Arc::from(scope));
         self
     }
 
@@ -843,6 +844,21 @@ pub struct PlanError {
     pub error: SinkError,
 }
 
+/// What makes this streamer's FIFO deduplication ids its own: `<source id>/<slot>`
+/// (the source id is `source.id`, by default `source.name`, by default the
+/// database's name). Two streamers (two slots of one database, or two databases)
+/// can give different changes the same idempotency key, the commit LSN and the
+/// change's index in its transaction among the tables each publishes; a FIFO queue
+/// both send to would drop the second as a replay of the first. The scope is
+/// stable across restarts, so a streamer's own replays are still dropped.
+pub fn dedup_scope(config: &crate::config::Config) -> String {
+    format!(
+        "{}/{}",
+        crate::pipeline::database_meta(config).id,
+        config.source.slot
+    )
+}
+
 /// Starts the planned sinks ([`plan`]), one lane each, accepting on `tracker`.
 /// One sink records its figures on the tracker's metrics; several, each on its
 /// own (`sink="<name>"` in `/metrics`).
@@ -852,6 +868,7 @@ pub fn start(
     tracker: &Tracker,
 ) -> Result<Vec<Lane<AnySink>>, SinkError> {
     let database = crate::pipeline::database_meta(config);
+    let stream = dedup_scope(config);
     let several = config.sinks.len() > 1;
     // FIFO destinations named by more than one sink: the FIFO queue would drop the
     // second sink's copy of an event as a replay of the first (same idempotency key).
@@ -898,17 +915,17 @@ pub fn start(
             lane
         };
         let shares = fifo_targets(sink).iter().any(|t| users.get(t) > Some(&1));
-        lanes.push(if shares {
-            lane.with_own_dedup_ids()
+        lanes.push(lane.with_dedup_scope(if shares {
+            format!("{stream}/{}", sink.name)
         } else {
-            lane
-        });
+            stream.clone()
+        }));
         tracing::info!(
             sink = %sink.name,
             kind = ?sink.kind,
             target = sink.target().unwrap_or("stdout"),
             routes = sink.destinations.len(),
-            own_dedup_ids = shares,
+            shares_fifo_destination = shares,
             "sink started"
         );
     }
@@ -948,6 +965,24 @@ mod tests {
             .expect("valid")
             .sinks
             .remove(0)
+    }
+
+    #[test]
+    fn the_dedup_scope_is_the_source_and_the_slot() {
+        let scope = |source: &str| {
+            let yaml = format!("source: {{url: 'postgres://u@h/app', {source}}}");
+            dedup_scope(
+                &crate::config::Config::load(Some(&yaml), std::iter::empty()).expect("valid"),
+            )
+        };
+        assert_eq!(scope("slot: one"), "app/one");
+        assert_eq!(
+            scope("slot: two"),
+            "app/two",
+            "another slot of the database"
+        );
+        assert_eq!(scope("slot: one, name: billing"), "billing/one");
+        assert_eq!(scope("slot: one, name: billing, id: b-7"), "b-7/one");
     }
 
     fn lane(yaml: &str, tracker: &Tracker) -> Lane<MemorySink> {

@@ -45,10 +45,13 @@ impl Drop for AwsRun {
 
 impl AwsRun {
     pub(crate) async fn start(db: &TestDb, extra_yaml: &str) -> AwsRun {
+        AwsRun::start_config(&db.config_yaml(extra_yaml)).await
+    }
+
+    /// A run of a whole configuration (e.g. a second slot of the same database).
+    pub(crate) async fn start_config(yaml: &str) -> AwsRun {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let config = Arc::new(
-            Config::load(Some(&db.config_yaml(extra_yaml)), Vec::new()).expect("valid config"),
-        );
+        let config = Arc::new(Config::load(Some(yaml), Vec::new()).expect("valid config"));
         // Every configured sink, wired as `streamer run` wires them.
         let planned = walcast_streamer::fanout::plan(&config)
             .await

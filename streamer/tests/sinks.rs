@@ -392,6 +392,60 @@ async fn selections_are_checked_against_the_tables_before_anything_is_created() 
     db.drop_db().await;
 }
 
+/// Two streamers (two slots, two publications of one database) sending to one FIFO
+/// queue: one transaction's first change of each publication has the same commit
+/// LSN and index, so the same idempotency key; both arrive, since each streamer's
+/// deduplication ids are scoped by its slot.
+#[tokio::test]
+async fn two_streamers_on_one_fifo_queue_both_arrive() {
+    let emu = Emulator::get();
+    let sqs = emu.sqs();
+    let (fifo, _) = create_queue(&sqs, &format!("{}.fifo", unique("two_slots"))).await;
+    let db = TestDb::new("sinks_two_slots").await;
+    db.exec("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+        .await;
+    let one = AwsRun::start(
+        &db,
+        &format!(
+            "  tables: [a]\nsinks:\n{}",
+            entry(emu, "one", "sqs", &fifo, "")
+        ),
+    )
+    .await;
+    let second = db
+        .config_yaml(&format!(
+            "  tables: [b]\nsinks:\n{}",
+            entry(emu, "two", "sqs", &fifo, "")
+        ))
+        .replace("slot: s_", "slot: t_")
+        .replace("publication: p_", "publication: q_");
+    let two = AwsRun::start_config(&second).await;
+    db.exec("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (2); COMMIT")
+        .await;
+    let got = receive(&sqs, &fifo, 2).await;
+    let mut tables: Vec<_> = got
+        .iter()
+        .map(|m| {
+            body(m)["metadata"]["table_name"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    tables.sort();
+    let keys: Vec<_> = got
+        .iter()
+        .map(|m| body(m)["metadata"]["idempotency_key"].clone())
+        .collect();
+    assert_eq!(
+        (tables, keys.first() == keys.last()),
+        (vec![Some("a".into()), Some("b".into())], true),
+        "both changes, with one idempotency key"
+    );
+    one.stop().await;
+    two.stop().await;
+    db.drop_db().await;
+}
+
 /// Two sinks sending to one FIFO queue: each copy arrives (their deduplication ids
 /// are their own), and each sink's replays would still be dropped.
 #[tokio::test]

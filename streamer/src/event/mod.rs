@@ -149,9 +149,11 @@ pub struct Event {
     pub pks: String,
     /// The event's JSON.
     pub payload: String,
-    /// Set when another sink sends to the same FIFO destination: the sink's name,
-    /// which then makes the deduplication id its own (else the destination would
-    /// drop the second sink's copy as a replay of the first).
+    /// What makes the deduplication id this streamer's (and this sink's) own: set
+    /// by the sink's lane to `<source id>/<slot>`, with `/<sink name>` when another
+    /// sink of the streamer sends to the same FIFO destination (see
+    /// [`crate::fanout::dedup_scope`]). Else a FIFO destination two streamers or two
+    /// sinks share would drop one's event as a replay of the other's.
     pub dedup_scope: Option<std::sync::Arc<str>>,
 }
 
