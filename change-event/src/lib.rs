@@ -118,6 +118,36 @@ pub struct Metadata {
     pub database: Database,
 }
 
+impl Metadata {
+    /// The idempotency key qualified by the source and the sink that sent the event:
+    /// `"<database.id>/<consumer.id>/<idempotency_key>"`. An `idempotency_key` is
+    /// unique only within one streamer's sink: two streamers (two slots, or two
+    /// databases) feeding one queue can give two different changes the same key.
+    /// Note this one instead, and give such streamers' sinks different names (or
+    /// `sink.id`s).
+    ///
+    /// ```
+    /// let event: change_event::ChangeEvent = serde_json::from_str(
+    ///     r#"{"record": {"id": 1}, "changes": null, "action": "insert", "metadata": {
+    ///         "table_schema": "public", "table_name": "users",
+    ///         "commit_timestamp": "2024-03-21T15:30:00.127470Z", "commit_lsn": 1,
+    ///         "commit_idx": 0, "idempotency_key": "MTowMA==", "record_pks": ["1"],
+    ///         "transaction_annotations": null, "database_name": "app",
+    ///         "consumer": {"id": "users_sqs", "name": "users_sqs", "annotations": {}},
+    ///         "database": {"id": "app", "name": "app", "annotations": {},
+    ///                      "database": "app", "hostname": "db"}}}"#,
+    /// )
+    /// .unwrap();
+    /// assert_eq!(event.metadata.unique_key(), "app/users_sqs/MTowMA==");
+    /// ```
+    pub fn unique_key(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.database.id, self.consumer.id, self.idempotency_key
+        )
+    }
+}
+
 /// The configured sink ("consumer" in Sequin's terms).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Consumer {

@@ -14,7 +14,7 @@
 //!
 //! What you can rely on, and what you cannot:
 //! - **At least once.** The same event can arrive twice (SNS redelivery,
-//!   Lambda's retries, a streamer restart): use `metadata.idempotency_key`, as below.
+//!   Lambda's retries, a streamer restart): use `metadata.unique_key()`, as below.
 //! - **No order.** SNS → Lambda delivers concurrently and in no particular
 //!   order; subscribe an SQS FIFO queue (and use consumer-sqs) if order matters,
 //!   or guard writes with `commit_lsn`/`commit_idx` as below.
@@ -69,12 +69,14 @@ pub async fn handle(event: TableEvent, ctx: &Ctx<'_>) -> Result<(), HandlerError
     // Idempotency. This in-memory note only catches redeliveries to this warm
     // environment. In production, make the write itself conditional on the key,
     // e.g. DynamoDB `PutItem` with `ConditionExpression: attribute_not_exists(pk)`
-    // and pk = idempotency_key (a `ConditionalCheckFailedException` means
+    // and pk = that key (a `ConditionalCheckFailedException` means
     // "already done": return Ok), in the same `TransactWriteItems` as your
     // change; or guard an upsert with the event's position,
     // `commit_lsn < :lsn OR (commit_lsn = :lsn AND commit_idx < :idx)`, which
     // also drops stale events that arrive late.
-    let key = event.metadata().idempotency_key.clone();
+    // The key qualified by source and sink: `idempotency_key` alone is unique only
+    // within one streamer's sink (two streamers can feed one queue).
+    let key = event.metadata().unique_key();
     if ctx.clients.processed.contains(&key) {
         info!(idempotency_key = %key, "already handled; skipping");
         return Ok(());

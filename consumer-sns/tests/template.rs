@@ -14,10 +14,13 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
     for (name, _, _) in FIXTURES {
         let payload = sns_event(name);
         let message: Value = serde_json::from_str(&payload.records[0].sns.message).expect("JSON");
-        let key = message["metadata"]["idempotency_key"]
-            .as_str()
-            .expect("key")
-            .to_owned();
+        let meta = &message["metadata"];
+        let key = format!(
+            "{}/{}/{}",
+            meta["database"]["id"].as_str().expect("source id"),
+            meta["consumer"]["id"].as_str().expect("sink id"),
+            meta["idempotency_key"].as_str().expect("key")
+        );
         let event = LambdaEvent {
             payload: payload.into(),
             context: Context::default(),

@@ -210,10 +210,13 @@ async fn the_template_handler_accepts_every_fixture_and_remembers_what_it_did() 
                     Some(inner) => serde_json::from_str(inner).expect("JSON"),
                     None => body,
                 };
-                event["metadata"]["idempotency_key"]
-                    .as_str()
-                    .expect("key")
-                    .to_owned()
+                let meta = &event["metadata"];
+                format!(
+                    "{}/{}/{}",
+                    meta["database"]["id"].as_str().expect("source id"),
+                    meta["consumer"]["id"].as_str().expect("sink id"),
+                    meta["idempotency_key"].as_str().expect("key")
+                )
             })
             .collect();
         let event = LambdaEvent {
