@@ -806,23 +806,51 @@ impl Config {
             "WALCAST_HTTP_",
             "WALCAST_LOG_",
         ];
-        if let Some(unknown) = env.keys().find(|k| {
-            SECTIONS.iter().any(|p| k.starts_with(p)) && !ENV_KEYS.iter().any(|e| e.0 == k.as_str())
-        }) {
+        let known = |k: &str| k == "WALCAST_CONFIG" || ENV_KEYS.iter().any(|e| e.0 == k);
+        // Beside a `sinks:` list the WALCAST_SINK_* variables are refused: a suggestion
+        // says where that setting goes instead.
+        let listed = root.get("sinks").is_some_and(|s| !s.is_null());
+        let meant = |k: &'static str| match k.strip_prefix("WALCAST_SINK_") {
+            Some(key) if listed => format!(
+                "did you mean {k}? (with a `sinks:` list, set `{}` in the sink's entry instead)",
+                key.to_ascii_lowercase()
+            ),
+            _ => format!("did you mean {k}?"),
+        };
+        if let Some(unknown) = env
+            .keys()
+            .find(|k| SECTIONS.iter().any(|p| k.starts_with(p)) && !known(k))
+        {
             // A typo gets the name it most likely meant; else the list.
             let closest = env_keys()
                 .map(|k| (strsim::jaro_winkler(unknown, k), k))
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .filter(|(score, _)| *score >= 0.9);
             return Err(ConfigError::Parse(match closest {
-                Some((_, k)) => {
-                    format!("unknown environment variable {unknown}: did you mean {k}?")
-                }
+                Some((_, k)) => format!("unknown environment variable {unknown}: {}", meant(k)),
                 None => format!(
                     "unknown environment variable {unknown} (known: {})",
                     env_keys().collect::<Vec<_>>().join(", ")
                 ),
             }));
+        }
+        // Outside those sections only a near miss of a known name (a misspelt section,
+        // `WALCAST_SNK_QUEUE_URL`, `WALCAST_CONFG`) is ours to refuse.
+        for unknown in env
+            .keys()
+            .filter(|k| k.starts_with("WALCAST_") && !known(k))
+        {
+            let near = env_keys()
+                .chain(["WALCAST_CONFIG"])
+                .map(|k| (strsim::levenshtein(unknown, k), k))
+                .min_by_key(|(d, _)| *d)
+                .filter(|(d, _)| *d <= 2);
+            if let Some((_, k)) = near {
+                return Err(ConfigError::Parse(format!(
+                    "unknown environment variable {unknown}: {}",
+                    meant(k)
+                )));
+            }
         }
         let has_url = root
             .get("source")
@@ -1253,6 +1281,37 @@ mod tests {
             "{far}"
         );
         assert!(!far.contains("did you mean"), "{far}");
+        // A misspelt section, or WALCAST_CONFIG, is a near miss too; other WALCAST_*
+        // variables are left alone.
+        let prefix = Config::load(yaml, env(&[("WALCAST_SNK_QUEUE_URL", "x")])).expect_err("typo");
+        assert!(
+            prefix.to_string().ends_with(
+                "unknown environment variable WALCAST_SNK_QUEUE_URL: did you mean WALCAST_SINK_QUEUE_URL?"
+            ),
+            "{prefix}"
+        );
+        let config = Config::load(yaml, env(&[("WALCAST_CONFG", "x")])).expect_err("typo");
+        assert!(
+            config.to_string().ends_with("did you mean WALCAST_CONFIG?"),
+            "{config}"
+        );
+        Config::load(
+            yaml,
+            env(&[("WALCAST_TOOLS", "/x"), ("WALCAST_CONFIG", "f")]),
+        )
+        .expect("not ours");
+        // Beside a sinks list, the suggestion says where the setting goes.
+        let listed = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsinks: [{name: a}]"),
+            env(&[("WALCAST_SINK_QUEUEURL", "x")]),
+        )
+        .expect_err("typo");
+        assert!(
+            listed.to_string().ends_with(
+                "did you mean WALCAST_SINK_QUEUE_URL? (with a `sinks:` list, set `queue_url` in the sink's entry instead)"
+            ),
+            "{listed}"
+        );
     }
 
     #[test]

@@ -905,7 +905,7 @@ pub fn start(
         };
         let lane = Lane::new(sink, i == 0, &database, outlets, metrics).map_err(|reason| {
             SinkError::Setting {
-                setting: "sinks",
+                setting: "",
                 reason,
             }
         })?;

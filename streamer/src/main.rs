@@ -318,7 +318,7 @@ async fn run(
         }
         if !refused.is_empty() {
             return Err(SinkError::Setting {
-                setting: "sinks",
+                setting: "",
                 reason: refused.join("; "),
             }
             .into());

@@ -185,7 +185,7 @@ impl Metrics {
         rate: Option<f64>,
     ) {
         let rate = rate.unwrap_or(0.0);
-        let estimate = bf.rows_estimate.unwrap_or(0).max(bf.rows_sent);
+        let estimate = bf.rows_total().unwrap_or(bf.rows_sent);
         let eta = if rate > 0.0 {
             (estimate - bf.rows_sent).max(0) as f64 / rate
         } else {

@@ -379,6 +379,10 @@ async fn selections_are_checked_against_the_tables_before_anything_is_created() 
         stderr.contains("`public.user` is not a published table"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("error: sinks[") && !stderr.contains("sinks: sinks["),
+        "the setting is named once: {stderr}"
+    );
     let slots = crate::support::connect(&db.url)
         .await
         .query_one(

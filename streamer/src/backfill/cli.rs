@@ -194,7 +194,7 @@ pub fn line(bf: &Backfill) -> String {
         bf.state.as_str(),
         bf.rows_sent
     );
-    if let Some(total) = bf.rows_estimate.filter(|t| *t > 0) {
+    if let (false, Some(total)) = (bf.state == State::Done, bf.rows_total()) {
         s.push_str(&format!(
             " of ~{total} ({:.0}%)",
             100.0 * bf.rows_sent as f64 / total as f64
@@ -240,7 +240,7 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
                     shown.push(bar);
                 }
                 let bar = &shown[i];
-                bar.set_length(bf.rows_estimate.unwrap_or(0).max(bf.rows_sent) as u64);
+                bar.set_length(bf.rows_total().unwrap_or(bf.rows_sent) as u64);
                 bar.set_position(bf.rows_sent as u64);
                 bar.set_message(bf.state.as_str());
                 if bf.state.is_final() {
@@ -289,4 +289,49 @@ pub async fn request_initial(config: &Config) -> Result<Vec<u64>, ReplicationErr
     let store = Store::new(catalog.client());
     store.ensure().await?;
     store.request(&config.source.slot, &tables, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backfill(state: State, rows_sent: i64, rows_estimate: Option<i64>) -> Backfill {
+        Backfill {
+            id: 7,
+            slot: "s".into(),
+            schema: "public".into(),
+            table: "users".into(),
+            where_from: None,
+            state,
+            last_key: None,
+            rows_estimate,
+            rows_sent,
+            chunks: 1,
+            error: None,
+            running_secs: None,
+        }
+    }
+
+    #[test]
+    fn a_line_shows_the_estimate_until_the_backfill_is_done() {
+        assert_eq!(
+            line(&backfill(State::Running, 22, Some(750))),
+            "backfill 7 public.users running: 22 rows sent of ~750 (3%)"
+        );
+        assert_eq!(
+            line(&backfill(State::Done, 22, Some(750))),
+            "backfill 7 public.users done: 22 rows sent",
+            "done: the rows sent are the total"
+        );
+        assert_eq!(backfill(State::Done, 22, Some(750)).rows_total(), Some(22));
+        assert_eq!(
+            line(&backfill(State::Running, 900, Some(750))),
+            "backfill 7 public.users running: 900 rows sent of ~900 (100%)",
+            "never below the rows sent"
+        );
+        assert_eq!(
+            line(&backfill(State::Running, 5, Some(0))),
+            "backfill 7 public.users running: 5 rows sent"
+        );
+    }
 }

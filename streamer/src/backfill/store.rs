@@ -91,6 +91,19 @@ impl Backfill {
         format!("{}.{}", self.schema, self.table)
     }
 
+    /// How many rows the table holds: the rows sent once the backfill is done (then
+    /// exact), else Postgres's estimate (`reltuples`; never below the rows sent),
+    /// unknown when Postgres has none yet.
+    pub fn rows_total(&self) -> Option<i64> {
+        match self.state {
+            State::Done => Some(self.rows_sent),
+            _ => self
+                .rows_estimate
+                .filter(|t| *t > 0)
+                .map(|t| t.max(self.rows_sent)),
+        }
+    }
+
     /// Rows per second since it started.
     pub fn rate(&self) -> Option<f64> {
         self.running_secs
@@ -101,7 +114,7 @@ impl Backfill {
     /// Seconds left at the current rate.
     /// Unknown without an estimate (a table Postgres has not analyzed yet).
     pub fn eta_secs(&self) -> Option<f64> {
-        let total = self.rows_estimate.filter(|t| *t > 0)?;
+        let total = self.rows_total()?;
         let left = (total - self.rows_sent).max(0) as f64;
         self.rate().filter(|r| *r > 0.0).map(|r| left / r)
     }

@@ -40,9 +40,10 @@ use crate::event::Event;
 pub enum SinkError {
     /// A setting is wrong, or what it names cannot be used: found by the check
     /// before anything is created.
-    #[error("{setting}: {reason}")]
+    #[error("{}{reason}", if setting.is_empty() { String::new() } else { format!("{setting}: ") })]
     Setting {
-        /// The setting to fix, e.g. `sink.queue_url`.
+        /// The setting to fix, e.g. `sink.queue_url`; empty when the reason names
+        /// its settings itself (`sinks[1].columns.public.users: …`).
         setting: &'static str,
         /// What is wrong with it.
         reason: String,
