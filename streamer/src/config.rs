@@ -733,6 +733,22 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
     ("WALCAST_LOG_LEVEL", "log", "level", Kind::Text),
 ];
 
+/// serde's "unknown field `slott`, expected one of `url`, `slot`, …" as "unknown
+/// field `slott`: did you mean `slot`?" when one of the expected keys is within two
+/// letters (else serde's message stands, with its list).
+fn near_miss(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once("`, expected ")?;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::levenshtein(unknown, k), k))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .map(|(_, k)| format!("unknown field `{unknown}`: did you mean `{k}`?"))
+}
+
 /// The names of the variables `Config::load` reads.
 pub fn env_keys() -> impl Iterator<Item = &'static str> {
     ENV_KEYS.iter().map(|k| k.0)
@@ -878,7 +894,8 @@ impl Config {
         }
         let mut config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Parse(format!("{path}: {}", e.into_inner()))
+            let why = e.into_inner().to_string();
+            ConfigError::Parse(format!("{path}: {}", near_miss(&why).unwrap_or(why)))
         })?;
         match (config.sink.take(), config.sinks.is_empty()) {
             (Some(_), false) => {
@@ -1311,6 +1328,39 @@ mod tests {
                 "did you mean WALCAST_SINK_QUEUE_URL? (with a `sinks:` list, set `queue_url` in the sink's entry instead)"
             ),
             "{listed}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_the_key_it_meant() {
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d', slott: x}"),
+            Vec::new(),
+        )
+        .expect_err("typo");
+        assert_eq!(
+            e.to_string(),
+            "invalid config: source.slott: unknown field `slott`: did you mean `slot`?"
+        );
+        let e = Config::load(
+            Some("source: {url: 'postgres://u@h/d'}\nsinks: [{name: a, type: sqs, queue_ur: x}]"),
+            Vec::new(),
+        )
+        .expect_err("typo");
+        assert!(
+            e.to_string().ends_with(
+                "sinks[0].queue_ur: unknown field `queue_ur`: did you mean `queue_url`?"
+            ),
+            "{e}"
+        );
+        let far = Config::load(
+            Some("source: {url: 'postgres://u@h/d', colour: x}"),
+            Vec::new(),
+        )
+        .expect_err("unknown");
+        assert!(
+            far.to_string().contains("expected one of `url`, `slot`"),
+            "{far}"
         );
     }
 
