@@ -354,7 +354,7 @@ impl<S> Lane<S> {
                 event.payload = body;
                 Ok(Some(Verdict::Send(outlet, event)))
             }
-            Ok(Shaped::Skip) => {
+            Ok(Shaped::Filtered | Shaped::Empty) => {
                 self.metrics.filtered(&event);
                 Ok(None)
             }
@@ -448,6 +448,17 @@ impl<S> Lane<S> {
             .iter()
             .find(|((s, t), _)| *s == schema && *t == name)
         {
+            // `check` and `run` compare the names with the table; here the event's
+            // record stands for it, so a misspelt name is not shown as "hidden".
+            if let Some(record) = v["record"].as_object() {
+                let named = rule.include.iter().flatten().chain(&rule.exclude);
+                if let Some(missing) = named.into_iter().find(|c| !record.contains_key(*c)) {
+                    return Err(format!(
+                        "{}.{name}: {table} has no column `{missing}` (this event's record has no such key)",
+                        self.at_key("columns")
+                    ));
+                }
+            }
             for part in ["record", "changes"] {
                 if let Some(o) = v[part].as_object_mut() {
                     o.retain(|k, _| {
@@ -486,10 +497,17 @@ impl<S> Lane<S> {
         let body = match self.shape.apply_to(&input) {
             Ok(Shaped::Keep) => payload,
             Ok(Shaped::Send(body)) => body,
-            Ok(Shaped::Skip) => {
-                return Ok(Preview::Skipped(
-                    "the filter did not yield true, or the transform yielded nothing".into(),
-                ))
+            Ok(Shaped::Filtered) => {
+                return Ok(Preview::Skipped(format!(
+                    "{} did not yield true",
+                    self.at_key("filter")
+                )))
+            }
+            Ok(Shaped::Empty) => {
+                return Ok(Preview::Skipped(format!(
+                    "{} yielded nothing",
+                    self.at_key("transform")
+                )))
             }
             Err(e) => {
                 let (setting, reason) = setting_and_reason(&e);
@@ -1163,6 +1181,30 @@ mod tests {
             Ok(Preview::Skipped(
                 "public.orders is not among sinks[0].tables".into()
             ))
+        );
+        // The skip names the expression that skipped.
+        let filtered = lane("  - {name: f, filter: '.record.id == \"2\"'}", &t);
+        assert_eq!(
+            filtered.preview(&source),
+            Ok(Preview::Skipped(
+                "sinks[0].filter did not yield true".into()
+            ))
+        );
+        let emptied = lane("  - {name: f, transform: empty}", &t);
+        assert_eq!(
+            emptied.preview(&source),
+            Ok(Preview::Skipped(
+                "sinks[0].transform yielded nothing".into()
+            ))
+        );
+        // A misspelt column is an error, not a column shown as if hidden.
+        let typo = lane(
+            "  - {name: f, columns: {users: {exclude: [password_hsh]}}}",
+            &t,
+        );
+        assert_eq!(
+            typo.preview(&source),
+            Err("sinks[0].columns.users: public.users has no column `password_hsh` (this event's record has no such key)".into())
         );
     }
 

@@ -195,8 +195,10 @@ pub enum Shaped {
     Keep,
     /// Send this body.
     Send(String),
-    /// The filter did not yield `true`, or the transform yielded nothing.
-    Skip,
+    /// Left out: the filter did not yield `true`.
+    Filtered,
+    /// Left out: the transform yielded nothing.
+    Empty,
 }
 
 /// A sink's `filter` and `transform`.
@@ -262,7 +264,7 @@ impl Shape {
                 .is_true_on(input)
                 .map_err(|e| format!("{}.filter: {e}", self.at))?;
             if !pass {
-                return Ok(Shaped::Skip);
+                return Ok(Shaped::Filtered);
             }
         }
         let Some(transform) = &self.transform else {
@@ -272,7 +274,7 @@ impl Shape {
             .run_on(input)
             .map_err(|e| format!("{}.transform: {e}", self.at))?;
         match out.len() {
-            0 => Ok(Shaped::Skip),
+            0 => Ok(Shaped::Empty),
             1 => Ok(Shaped::Send(out.remove(0))),
             n => Err(format!(
                 "{}.transform: yielded {n} values for one event; make it yield one (e.g. wrap it in [ … ])",
@@ -312,11 +314,11 @@ mod tests {
     #[test]
     fn the_filter_sends_only_on_true_and_empty_output_skips() {
         let only_updates = Shape::compile(Some(r#".action == "update""#), None).expect("compiles");
-        assert_eq!(only_updates.apply(EVENT), Ok(Shaped::Skip));
+        assert_eq!(only_updates.apply(EVENT), Ok(Shaped::Filtered));
         let truthy = Shape::compile(Some(".record.id"), None).expect("compiles");
-        assert_eq!(truthy.apply(EVENT), Ok(Shaped::Skip), "7 is not true");
+        assert_eq!(truthy.apply(EVENT), Ok(Shaped::Filtered), "7 is not true");
         let empty = Shape::compile(None, Some("empty")).expect("compiles");
-        assert_eq!(empty.apply(EVENT), Ok(Shaped::Skip));
+        assert_eq!(empty.apply(EVENT), Ok(Shaped::Empty));
         assert_eq!(Shape::default().apply(EVENT), Ok(Shaped::Keep));
         let pass = Shape::compile(Some(r#".action == "insert""#), None).expect("compiles");
         assert_eq!(pass.apply(EVENT), Ok(Shaped::Keep));
