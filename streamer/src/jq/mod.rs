@@ -66,7 +66,15 @@ impl Program {
                                 format!("expected {} at {}", e.as_str(), at(part))
                             })),
                             load::Error::Parse(v) => out.extend(v.into_iter().map(|(e, part)| {
-                                format!("expected {} at {}", e.as_str(), at(part))
+                                match e.as_str() {
+                                    // jaq's "expected nothing": the end of the program.
+                                    "nothing" => format!(
+                                        "unexpected `{}` at {}",
+                                        part.split_whitespace().next().unwrap_or(part),
+                                        at(part)
+                                    ),
+                                    expected => format!("expected {expected} at {}", at(part)),
+                                }
                             })),
                         }
                     }
@@ -328,6 +336,10 @@ mod tests {
     fn errors_name_the_setting_and_the_place() {
         let e = Shape::compile(Some(".record |"), None).expect_err("refused");
         assert_eq!(e, "sink.filter: jq: expected term at line 1, column 10");
+        assert_eq!(
+            Program::compile(".a >< 3").err().as_deref(),
+            Some("unexpected `><` at line 1, column 4")
+        );
         let e = Shape::compile(None, Some("{a: .x}\n| nope(1)")).expect_err("refused");
         assert_eq!(
             e,
