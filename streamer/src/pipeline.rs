@@ -569,12 +569,14 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
         let Some(due) = coordinator.watermark(prefix, content) else {
             return Ok(());
         };
-        let chunk = &due.chunk;
+        let crate::backfill::Due { chunk, changed } = due;
         // The chunk's reads go out here, at the high watermark, in stream order with
         // every change; rows changed by transactions the read did not see are left
         // to their changes.
         let at = chunk.read_at(tx.commit_lsn);
-        let (rows, table) = (&chunk.rows, &chunk.table);
+        let mark = chunk.mark;
+        let table = Arc::clone(&chunk.table);
+        let rows = Arc::new(chunk.rows);
         let n = rows.len();
         // The sinks that take the table's reads, with how each sees the table.
         let mut views = Vec::new();
@@ -582,24 +584,56 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             if !lane.takes(change_event::Action::Read) {
                 continue;
             }
-            if let Some(view) = lane.view(table).map_err(ReplicationError::Definite)? {
+            if let Some(view) = lane.view(&table).map_err(ReplicationError::Definite)? {
                 views.push((k, view));
             }
         }
         let lanes = self.lanes.len();
         let mut sent = 0u64;
         // Built and sent a block at a time: a block's events stay in cache and the
-        // memory a chunk needs is its rows and one block, not every event of it.
+        // memory a chunk needs is its rows and two blocks, not every event of it.
+        // The next block is built (off the runtime) while this one is sent.
+        let builders: Arc<Vec<(EventBuilder, Arc<event::View>)>> = Arc::new(
+            views
+                .iter()
+                .map(|(k, view)| (self.lanes[*k].builder().clone(), view.clone()))
+                .collect(),
+        );
+        let build = |block: std::ops::Range<usize>| {
+            let (builders, table, rows, at) = (
+                Arc::clone(&builders),
+                Arc::clone(&table),
+                Arc::clone(&rows),
+                at.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                builders
+                    .iter()
+                    .map(|(builder, view)| {
+                        build_reads(builder, &table, &rows, block.clone(), &at, view)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        };
+        let block_at = |start: usize| start..n.min(start + READ_BLOCK);
+        let mut next = (n > 0 && !views.is_empty()).then(|| build(block_at(0)));
         let mut start = 0;
-        while start < n && !views.is_empty() {
-            let block = start..n.min(start + READ_BLOCK);
+        while let Some(building) = next.take() {
+            let block = block_at(start);
             start = block.end;
+            if start < n {
+                next = Some(build(block_at(start)));
+            }
+            let built_all = building
+                .await
+                .map_err(|e| {
+                    ReplicationError::Definite(format!("backfill: building a chunk failed: {e}"))
+                })?
+                .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
             // Per sink: each row's verdict (None: left out).
             let mut per_lane: Vec<(usize, Vec<Option<Verdict>>)> = Vec::with_capacity(views.len());
-            for (j, (k, view)) in views.iter().enumerate() {
+            for (j, ((k, _), built)) in views.iter().zip(built_all).enumerate() {
                 let lane = &self.lanes[*k];
-                let built = build_reads(lane.builder(), table, rows, block.clone(), &at, view)
-                    .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
                 if built.len() != block.len() {
                     return Err(ReplicationError::Definite(
                         "backfill: building a chunk failed".into(),
@@ -611,7 +645,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     if j == 0 {
                         self.tracker.metrics().received(&event);
                     }
-                    if due.changed.contains(&event.pks) {
+                    if changed.contains(&event.pks) {
                         verdicts.push(None);
                         continue;
                     }
@@ -637,7 +671,7 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
             }
         }
         state.unflushed = true;
-        coordinator.emitted(chunk.mark, tx.commit_lsn, sent);
+        coordinator.emitted(mark, tx.commit_lsn, sent);
         Ok(())
     }
 
