@@ -207,9 +207,12 @@ impl Metrics {
 
     /// The pipeline built an event.
     pub fn received(&self, e: &Event) {
-        self.table(&e.table.qualified, |c| {
-            c.received[action_index(e.action)] += 1
-        });
+        self.received_n(&e.table.qualified, e.action, 1);
+    }
+
+    /// `n` events of `table` and `action` were decoded (one lock for many).
+    pub fn received_n(&self, table: &str, action: change_event::Action, n: u64) {
+        self.table(table, |c| c.received[action_index(action)] += n);
     }
 
     /// The sink's destination accepted an event.

@@ -640,11 +640,15 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     )
                     .into());
                 }
+                if j == 0 {
+                    self.tracker.metrics().received_n(
+                        &table.qualified,
+                        change_event::Action::Read,
+                        built.len() as u64,
+                    );
+                }
                 let mut verdicts = Vec::with_capacity(built.len());
                 for event in built {
-                    if j == 0 {
-                        self.tracker.metrics().received(&event);
-                    }
                     if changed.contains(&event.pks) {
                         verdicts.push(None);
                         continue;
