@@ -35,7 +35,7 @@ impl Config {
 fn init_tracing(config: &Config) {
     // `info`, `debug`, `info,lambda_runtime=trace`: a level, and levels per
     // target (module path). tracing-subscriber's `Targets`, not `EnvFilter`,
-    // whose span and field filters link a regex engine (a seventh of the arm64
+    // whose span and field filters link a regex engine (an eighth of the arm64
     // binary; lambda/README.md, "Cold start and size").
     let filter: Targets = config
         .log_filter
