@@ -7,8 +7,11 @@
 #
 # Size: the arm64 `bootstrap` that `sam build` ships (template.yaml: provided.al2023,
 # arm64, BuildMethod rust-cargolambda, i.e. `cargo lambda build --release --arm64` in
-# the function's directory: the workspace's release profile, symbols stripped by
-# cargo-lambda), and the x86_64 release binary (`cargo build --release -p …`).
+# the function's directory: the release profile of the function's .cargo/config.toml
+# over the workspace's, where there is one, and cargo-lambda's own additions: panic
+# "abort" unless the workspace's profile sets panic, target-cpu), and the x86_64
+# release binary (`cargo build --release` in the function's directory, so the same
+# profile; panic as the workspace sets it).
 # Init: lambda/scripts/cold-start.py on the x86_64 binaries (this machine cannot run
 # arm64 ones): process start to the first `GET /runtime/invocation/next`, N cold
 # starts per binary and round, base and head taking turns; the median of each round.
@@ -48,9 +51,10 @@ build() { # NAME TREE TARGET_DIR
         cargo lambda build --release --arm64 --lambda-dir "$out/$name/arm64" >&2)
     fi
   done
-  (cd "$tree" && CARGO_TARGET_DIR="$dir" cargo build --release -p consumer-sqs -p consumer-sns >&2)
   mkdir -p "$out/$name/x86_64"
   for fn in consumer-sqs consumer-sns; do
+    # In the function's directory: cargo reads its .cargo/config.toml from there.
+    (cd "$tree/$fn" && CARGO_TARGET_DIR="$dir" cargo build --release >&2)
     cp "$dir/release/$fn" "$out/$name/x86_64/$fn"
   done
 }

@@ -3,7 +3,9 @@
 
 use consumer_sns::{function_handler, Clients};
 use lambda_runtime::{run, service_fn, Error};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use walcast_lambda::Payloads;
 
 /// Settings read from the environment, once, at cold start.
@@ -31,18 +33,24 @@ impl Config {
 }
 
 fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // `info`, `debug`, `info,lambda_runtime=trace`: a level, and levels per
+    // target (module path). tracing-subscriber's `Targets`, not `EnvFilter`,
+    // whose span and field filters link a regex engine (an eighth of the arm64
+    // binary; lambda/README.md, "Cold start and size").
+    let filter: Targets = config
+        .log_filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_target(false)
         .with_ansi(false);
     if config.log_json {
         // One JSON object per line, fields at the top level, as CloudWatch
         // Logs Insights reads them.
-        logs.json().flatten_event(true).init();
+        logs.json().flatten_event(true).finish().with(filter).init();
     } else {
         // CloudWatch stamps every line already.
-        logs.without_time().init();
+        logs.without_time().finish().with(filter).init();
     }
 }
 

@@ -9,7 +9,9 @@ Writes DEST/Cargo.toml with every `workspace = true` resolved from this reposito
 root Cargo.toml (versions, features, lints, release profile), walcast-lambda and
 change-event taken from --git (default: this checkout's `origin` remote, at its HEAD
 commit) or --path (a checkout on disk), and its own `[workspace]`; copies src/, events/
-and README.md, and Cargo.lock (so the copy builds with the versions tested here).
+and README.md, .cargo/config.toml (the function's size-optimized release profile, read by
+`cargo lambda build` and `sam build` in the copy's directory), and Cargo.lock (so the copy
+builds with the versions tested here).
 The template's tests/ stay behind: they read this repository's fixtures.
 """
 import argparse
@@ -125,7 +127,7 @@ def main():
 
     args.dest.mkdir(parents=True, exist_ok=True)
     (args.dest / "Cargo.toml").write_text("\n".join(out))
-    for part in ["src", "events"]:
+    for part in ["src", "events", ".cargo"]:
         if (src / part).is_dir():
             shutil.copytree(src / part, args.dest / part)
     if args.name:

@@ -46,6 +46,17 @@ fn a_template_copied_out_of_the_workspace_builds() {
             "{manifest}"
         );
 
+        // The function's release profile (size-optimized) comes along, and the
+        // workspace's panic = "unwind" with the profile (cargo-lambda builds with
+        // panic = "abort" when the manifest's release profile does not set it).
+        let config = std::fs::read_to_string(dest.join(".cargo/config.toml"))
+            .expect(".cargo/config.toml copied");
+        assert!(config.contains("opt-level = \"z\""), "{config}");
+        assert!(
+            manifest.contains("panic = \"unwind\""),
+            "the release profile sets panic:\n{manifest}"
+        );
+
         let build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["build", "--offline", "--quiet"])
             .current_dir(&dest)
