@@ -22,8 +22,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling
-streamer="$root/target/release/streamer"
-ceiling="$root/target/release/sqs-ceiling"
+target="${CARGO_TARGET_DIR:-$root/target}"
+streamer="$target/release/streamer"
+ceiling="$target/release/sqs-ceiling"
 fauxqs="$(bash infra/install-emulator.sh | tail -n 1)"
 
 work="$(mktemp -d /tmp/walcast-bench-bf.XXXXXX)"

@@ -28,8 +28,9 @@ run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; f
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build -q --release -p walcast-streamer --bin streamer -p walcast-bench --bin sqs-ceiling
-streamer="$root/target/release/streamer"
-ceiling="$root/target/release/sqs-ceiling"
+target="${CARGO_TARGET_DIR:-$root/target}"
+streamer="$target/release/streamer"
+ceiling="$target/release/sqs-ceiling"
 fauxqs="$(bash infra/install-emulator.sh | tail -n 1)"
 
 work="$(mktemp -d /tmp/walcast-bench.XXXXXX)"
