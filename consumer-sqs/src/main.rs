@@ -59,6 +59,9 @@ fn init_tracing(config: &Config) {
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let logs = tracing_subscriber::fmt()
+        // The builder's own filter (INFO by default) would drop what `filter`
+        // lets through below it: `filter` alone decides.
+        .with_max_level(tracing::Level::TRACE)
         .with_target(false)
         .with_ansi(false);
     if config.log_json {
