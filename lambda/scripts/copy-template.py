@@ -16,6 +16,7 @@ The template's tests/ stay behind: they read this repository's fixtures.
 """
 import argparse
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,9 @@ def main():
                                          capture_output=True, text=True).stdout.strip()
         if not url:
             sys.exit("copy-template: no --git URL and no `origin` remote: pass --git URL or --path DIR")
+        # A clone of a local repository has a path for its origin: cargo wants a URL.
+        if "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url):
+            url = pathlib.Path(url).resolve().as_uri()
         rev = args.rev or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
                                          capture_output=True, text=True).stdout.strip()
         source = {"git": url, "rev": rev}

@@ -25,7 +25,7 @@ use aws_lambda_events::sns::{SnsMessage, SnsRecord};
 use lambda_runtime::Diagnostic;
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, error_span, info, warn, Instrument};
 
 use crate::envelope::Attributes;
 use crate::error::{DecodeError, HandlerError};
@@ -175,7 +175,8 @@ where
             .and_then(Value::as_str)
             .unwrap_or("<none>")
             .to_owned();
-        let span = info_span!("notification", message_id = %message_id);
+        // At ERROR level, so it is on whatever the log level (see sqs.rs).
+        let span = error_span!("notification", message_id = %message_id);
         let decode = |error| NotificationError::Decode {
             message_id: message_id.clone(),
             error,

@@ -53,7 +53,7 @@ use futures_util::stream::{self, StreamExt};
 use lambda_runtime::Diagnostic;
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, error_span, info, warn, Instrument};
 
 use crate::envelope::{parse_body, Attributes};
 use crate::error::{DecodeError, HandlerError};
@@ -353,7 +353,9 @@ where
     let mut failed = Vec::new();
     let mut records = lane.records.into_iter();
     while let Some(record) = records.next() {
-        let span = info_span!("record", message_id = %record.message_id);
+        // At ERROR level, so it is on whatever the log level: a warning or error
+        // (the handler's own too) names its message even with AWS_LAMBDA_LOG_LEVEL=WARN.
+        let span = error_span!("record", message_id = %record.message_id);
         let outcome = run_record(&record, payloads, handler)
             .instrument(span.clone())
             .await;
