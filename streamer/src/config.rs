@@ -739,14 +739,18 @@ const ENV_KEYS: &[(&str, &str, &str, Kind)] = &[
 fn near_miss(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (unknown, expected) = rest.split_once("`, expected ")?;
-    expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
+    within_two(unknown, expected.split('`').skip(1).step_by(2))
+        .map(|k| format!("unknown field `{unknown}`: did you mean `{k}`?"))
+}
+
+/// The name of `names` nearest to `unknown`, when it is within two letters (and
+/// not merely shorter than two).
+fn within_two<'a>(unknown: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
         .map(|k| (strsim::levenshtein(unknown, k), k))
         .min_by_key(|(d, _)| *d)
         .filter(|(d, k)| *d <= 2 && *d < k.len())
-        .map(|(_, k)| format!("unknown field `{unknown}`: did you mean `{k}`?"))
+        .map(|(_, k)| k)
 }
 
 /// The names of the variables `Config::load` reads.
@@ -856,12 +860,7 @@ impl Config {
             .keys()
             .filter(|k| k.starts_with("WALCAST_") && !known(k))
         {
-            let near = env_keys()
-                .chain(["WALCAST_CONFIG"])
-                .map(|k| (strsim::levenshtein(unknown, k), k))
-                .min_by_key(|(d, _)| *d)
-                .filter(|(d, _)| *d <= 2);
-            if let Some((_, k)) = near {
+            if let Some(k) = within_two(unknown, env_keys().chain(["WALCAST_CONFIG"])) {
                 return Err(ConfigError::Parse(format!(
                     "unknown environment variable {unknown}: {}",
                     meant(k)
