@@ -15,6 +15,7 @@
 //! | `table` | routing by table: [`Table`], the [`Route`] trait your `TableEvent` implements |
 //! | `error` | [`HandlerError`] (retryable or permanent), [`DecodeError`] |
 //! | `idempotency` | an in-memory note of handled events ([`ProcessedKeys`]) |
+//! | `logs` | logging as Lambda's logging controls ask for it ([`LogSettings`]) |
 //!
 //! A complete SQS function (the templates add typed tables and logging):
 //!
@@ -48,6 +49,7 @@
 mod envelope;
 mod error;
 mod idempotency;
+mod logs;
 mod payload;
 #[cfg(feature = "s3")]
 mod s3;
@@ -58,6 +60,7 @@ mod table;
 pub use envelope::Attributes;
 pub use error::{BoxError, DecodeError, HandlerError};
 pub use idempotency::ProcessedKeys;
+pub use logs::LogSettings;
 pub use payload::{PayloadError, Payloads};
 #[cfg(feature = "s3")]
 pub use s3::S3Settings;
