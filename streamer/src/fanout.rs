@@ -177,7 +177,10 @@ impl<S> Lane<S> {
         Ok(Lane {
             name: config.name.clone(),
             at: config.at.clone(),
-            builder: EventBuilder::new(&consumer, database),
+            builder: match config.kind {
+                SinkType::Stdout => EventBuilder::new(&consumer, database).without_groups(),
+                _ => EventBuilder::new(&consumer, database),
+            },
             tables: TableGlobs::compile(&config.tables)?,
             actions: config.actions.clone(),
             columns: by_table(&config.columns),
@@ -566,6 +569,43 @@ impl<S: Sink> Lane<S> {
         }
     }
 
+    /// Hands each verdict to its outlet, in order, as [`Lane::send`] would: runs
+    /// of events for one outlet go over in one call.
+    pub async fn send_all(&mut self, verdicts: Vec<(u64, Verdict)>) -> Result<(), SinkError> {
+        let mut run: Vec<Event> = Vec::new();
+        let mut run_outlet = 0;
+        for (seq, verdict) in verdicts {
+            match verdict {
+                Verdict::Send(outlet, mut event) => {
+                    if outlet != run_outlet && !run.is_empty() {
+                        self.send_run(run_outlet, &mut run).await?;
+                    }
+                    run_outlet = outlet;
+                    event.seq = seq;
+                    event.dedup_scope = self.dedup_scope.clone();
+                    if self.own_metrics {
+                        self.metrics.received(&event);
+                    }
+                    run.push(event);
+                }
+                dead => {
+                    self.send_run(run_outlet, &mut run).await?;
+                    self.send(seq, dead).await?;
+                }
+            }
+        }
+        self.send_run(run_outlet, &mut run).await
+    }
+
+    /// Sends the run of events gathered for `outlet`.
+    async fn send_run(&mut self, outlet: usize, run: &mut Vec<Event>) -> Result<(), SinkError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        self.metrics.sent(run.len() as u64);
+        self.outlets[outlet].send_all(std::mem::take(run)).await
+    }
+
     fn all(&mut self) -> impl Iterator<Item = &mut S> {
         self.outlets.iter_mut().chain(self.dead_letter.as_mut())
     }
@@ -635,6 +675,13 @@ impl Sink for AnySink {
         match self {
             AnySink::Aws(s) => s.send(event).await,
             AnySink::Stdout(s) => s.send(event).await,
+        }
+    }
+
+    async fn send_all(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
+        match self {
+            AnySink::Aws(s) => s.send_all(events).await,
+            AnySink::Stdout(s) => s.send_all(events).await,
         }
     }
 
@@ -1110,10 +1157,23 @@ mod tests {
     fn own_group_columns_and_a_group_expression() {
         let t = Tracker::new(0);
         let users = users();
-        let mut l = lane("  - {name: a, group_columns: {public.users: [tenant]}}", &t);
+        let fifo = "type: sqs, queue_url: 'https://sqs.eu-west-1.amazonaws.com/1/q.fifo'";
+        let mut l = lane(
+            &format!("  - {{name: a, {fifo}, group_columns: {{public.users: [tenant]}}}}"),
+            &t,
+        );
         let e = insert(&mut l, &users, ["1", "a@x", "s", "t1"]);
         assert_eq!(e.group_id, "public.users:t1");
-        let mut g = lane("  - {name: a, group_id: '.record.tenant + \"-x\"'}", &t);
+        // stdout has no message groups: none is made.
+        let mut stdout = lane("  - {name: a}", &t);
+        assert_eq!(
+            insert(&mut stdout, &users, ["1", "a@x", "s", "t1"]).group_id,
+            ""
+        );
+        let mut g = lane(
+            &format!("  - {{name: a, {fifo}, group_id: '.record.tenant + \"-x\"'}}"),
+            &t,
+        );
         let e = insert(&mut g, &users, ["1", "a@x", "s", "t1"]);
         let Some(Verdict::Send(0, e)) = g.verdict(e).expect("ok") else {
             panic!("sent")

@@ -630,8 +630,9 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     ReplicationError::Definite(format!("backfill: building a chunk failed: {e}"))
                 })?
                 .map_err(|e| ReplicationError::Definite(format!("backfill: {e}")))?;
-            // Per sink: each row's verdict (None: left out).
-            let mut per_lane: Vec<(usize, Vec<Option<Verdict>>)> = Vec::with_capacity(views.len());
+            // Per sink: the verdicts of the rows it takes, each with its row's index
+            // in the block until the row's sequence number replaces it.
+            let mut per_lane: Vec<(usize, Vec<(u64, Verdict)>)> = Vec::with_capacity(views.len());
             for (j, ((k, _), built)) in views.iter().zip(built_all).enumerate() {
                 let lane = &self.lanes[*k];
                 if built.len() != block.len() {
@@ -648,30 +649,44 @@ impl<S: Sink, C: Connector> Pipeline<S, C> {
                     );
                 }
                 let mut verdicts = Vec::with_capacity(built.len());
-                for event in built {
+                for (i, event) in built.into_iter().enumerate() {
                     if changed.contains(&event.pks) {
-                        verdicts.push(None);
                         continue;
                     }
-                    verdicts.push(lane.verdict(event).map_err(ReplicationError::Definite)?);
+                    if let Some(v) = lane.verdict(event).map_err(ReplicationError::Definite)? {
+                        verdicts.push((i as u64, v));
+                    }
                 }
                 per_lane.push((*k, verdicts));
             }
-            for i in 0..block.len() {
-                let takers = per_lane.iter().filter(|(_, v)| v[i].is_some()).count() as u32;
-                if takers == 0 {
-                    continue;
+            // Sequence numbers in row order (a row's is shared by the sinks taking
+            // it), then each sink's events of the block in one call.
+            let mut takers = vec![0u32; block.len()];
+            for (_, verdicts) in &per_lane {
+                for (i, _) in verdicts {
+                    takers[*i as usize] += 1;
                 }
-                let seq = self.tracker.register_for(takers);
-                for (k, verdicts) in &mut per_lane {
-                    if let Some(v) = verdicts[i].take() {
-                        let lane = &mut self.lanes[*k];
-                        lane.send(seq, v)
-                            .await
-                            .map_err(|e| lane_error(lanes, &lane.name, e))?;
-                    }
+            }
+            let first = self
+                .tracker
+                .register_each(takers.iter().copied().filter(|&t| t > 0));
+            let mut next = first;
+            let seqs: Vec<u64> = takers
+                .iter()
+                .map(|&t| {
+                    next += u64::from(t > 0);
+                    next - 1
+                })
+                .collect();
+            sent += next - first;
+            for (k, mut verdicts) in per_lane {
+                for v in &mut verdicts {
+                    v.0 = seqs[v.0 as usize];
                 }
-                sent += 1;
+                let lane = &mut self.lanes[k];
+                lane.send_all(verdicts)
+                    .await
+                    .map_err(|e| lane_error(lanes, &lane.name, e))?;
             }
         }
         state.unflushed = true;
@@ -771,10 +786,15 @@ fn build_reads(
 ) -> Result<Vec<event::Event>, event::EventError> {
     let build = |range: std::ops::Range<usize>| -> Result<Vec<event::Event>, event::EventError> {
         let mut tuple: Tuple<'_> = Vec::with_capacity(table.columns.len());
+        // One UTF-8 check for the range's text, not one per value.
+        let text = rows.text(range.clone());
         range
             .map(|i| {
                 tuple.clear();
-                tuple.extend(rows.row(i).map(|v| v.map_or(Datum::Null, Datum::Text)));
+                match &text {
+                    Some(text) => tuple.extend(text.row(i)),
+                    None => tuple.extend(rows.row(i).map(|v| v.map_or(Datum::Null, Datum::Text))),
+                }
                 builder.build_read(table, &tuple, at, i as u64, view)
             })
             .collect()

@@ -134,6 +134,19 @@ impl Tracker {
         g.next_seq() - 1
     }
 
+    /// Assigns consecutive sequence numbers to events about to be handed to sinks,
+    /// one per item of `takers` (each its number of sinks, at least one), under one
+    /// lock; returns the first.
+    pub fn register_each(&self, takers: impl IntoIterator<Item = u32>) -> u64 {
+        let mut g = self.lock();
+        let first = g.next_seq();
+        for sinks in takers {
+            debug_assert!(sinks > 0, "an event registered for no sink");
+            g.accepted.push_back(sinks.max(1));
+        }
+        first
+    }
+
     /// This tracker, recording a sink's deliveries in `metrics` (its own, by name):
     /// acceptances still count for the one LSN confirmed to Postgres.
     pub fn for_sink(&self, metrics: std::sync::Arc<Metrics>) -> Tracker {

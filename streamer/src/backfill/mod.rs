@@ -67,6 +67,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::event::{ReadAt, Table};
+use crate::replication::Datum;
 
 /// Prefix of the low watermark message.
 pub const LOW: &str = "walcast.backfill.low";
@@ -217,6 +218,54 @@ impl Rows {
         self.values[i * self.columns..(i + 1) * self.columns]
             .iter()
             .map(|v| v.map(|(s, n)| &self.buf[s as usize..(s + n) as usize]))
+    }
+
+    /// Rows `range`, their text checked as UTF-8 in one pass (the values of
+    /// consecutive rows lie back to back): `None` when some of it is not UTF-8.
+    pub fn text(&self, range: std::ops::Range<usize>) -> Option<RowsText<'_>> {
+        let values = &self.values[range.start * self.columns..range.end * self.columns];
+        let start = values.iter().flatten().next().map_or(0, |&(s, _)| s);
+        let end = values
+            .iter()
+            .rev()
+            .flatten()
+            .next()
+            .map_or(start, |&(s, n)| s + n);
+        let text = std::str::from_utf8(&self.buf[start as usize..end as usize]).ok()?;
+        Some(RowsText {
+            rows: self,
+            text,
+            start,
+        })
+    }
+}
+
+/// Rows whose text is known to be UTF-8: see [`Rows::text`].
+pub struct RowsText<'a> {
+    rows: &'a Rows,
+    text: &'a str,
+    /// Where `text` starts in the rows' buffer.
+    start: u32,
+}
+
+impl<'a> RowsText<'a> {
+    /// Row `i` (of the rows, not of the range) as [`Rows::row`] gives it, each value
+    /// as `str`. A value that does not start and end on a character boundary is not
+    /// UTF-8 on its own: it is given as bytes, for the caller's check to name it.
+    pub fn row(&self, i: usize) -> impl Iterator<Item = Datum<'a>> + '_ {
+        let (rows, text, base) = (self.rows, self.text, self.start);
+        rows.values[i * rows.columns..(i + 1) * rows.columns]
+            .iter()
+            .map(move |v| match *v {
+                None => Datum::Null,
+                Some((s, n)) => {
+                    let (from, to) = ((s - base) as usize, (s + n - base) as usize);
+                    match text.get(from..to) {
+                        Some(t) => Datum::Str(t),
+                        None => Datum::Text(&rows.buf[s as usize..(s + n) as usize]),
+                    }
+                }
+            })
     }
 }
 
@@ -603,6 +652,29 @@ mod tests {
             assert_eq!(parts.row(1).collect::<Vec<_>>(), r1, "cut at {cut}");
         }
         assert!(Rows::from_copy_text(b"", 3).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn rows_text_is_checked_once_and_each_value_on_its_own_boundaries() {
+        let rows = Rows::from_copy_text("1\tné\t\\N\n2\t€\tx\n".as_bytes(), 3).expect("rows");
+        let text = rows.text(0..2).expect("UTF-8");
+        assert_eq!(
+            text.row(1).collect::<Vec<_>>(),
+            [Datum::Str("2"), Datum::Str("€"), Datum::Str("x")]
+        );
+        assert_eq!(text.row(0).nth(2), Some(Datum::Null));
+        let second = rows.text(1..2).expect("UTF-8");
+        assert_eq!(second.row(1).nth(1), Some(Datum::Str("€")));
+        // é split over two values: the text is UTF-8, neither value is.
+        let split = Rows::from_copy_text(b"\\xc3\t\\xa9\n", 2).expect("rows");
+        let text = split.text(0..1).expect("UTF-8 as a whole");
+        assert_eq!(
+            text.row(0).collect::<Vec<_>>(),
+            [Datum::Text(b"\xc3"), Datum::Text(b"\xa9")]
+        );
+        let bad = Rows::from_copy_text(b"a\t\\xff\n", 2).expect("rows");
+        assert!(bad.text(0..1).is_none());
+        assert!(Rows::new(2).text(0..0).is_some(), "no rows");
     }
 
     #[test]

@@ -287,6 +287,9 @@ pub struct EventBuilder {
     suffix: String,
     /// The sink's `metadata.consumer`.
     consumer: serde_json::Value,
+    /// Whether events get a [`Event::group_id`] (a sink without message groups,
+    /// stdout, needs none: it is left empty).
+    groups: bool,
 }
 
 const UNCHANGED_TOAST: &str = "\"unchanged_toast\"";
@@ -304,7 +307,15 @@ impl EventBuilder {
         EventBuilder {
             suffix,
             consumer: serde_json::to_value(consumer).unwrap_or_default(),
+            groups: true,
         }
+    }
+
+    /// This builder, leaving [`Event::group_id`] empty: for a sink that has no
+    /// message groups (stdout).
+    pub fn without_groups(mut self) -> Self {
+        self.groups = false;
+        self
     }
 
     /// The sink's `metadata.consumer`, as JSON.
@@ -480,11 +491,15 @@ impl EventBuilder {
             commit_idx: at.idx,
             commit_time_micros: at.commit_time_micros,
             action,
-            group_id: group_id(
-                table,
-                view.group_key.as_deref().unwrap_or(&table.group_key),
-                &value_at,
-            ),
+            group_id: if self.groups {
+                group_id(
+                    table,
+                    view.group_key.as_deref().unwrap_or(&table.group_key),
+                    &value_at,
+                )
+            } else {
+                String::new()
+            },
             table: Arc::clone(table),
             idempotency_key,
             pks,
@@ -574,6 +589,9 @@ fn write_datum(
                 column: col.name.clone(),
                 source: ValueError::not_utf8(),
             })?;
+            return write_datum(out, table, col, Datum::Str(text));
+        }
+        Datum::Str(text) => {
             write_value(out, &col.kind, text).map_err(|source| EventError::Value {
                 table: table.qualified.clone(),
                 column: col.name.clone(),
@@ -599,7 +617,7 @@ fn read_key(backfill_id: &str, pks: &str) -> String {
 /// nothing is escaped).
 fn key_values(pks: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
-    let escaped = pks.contains('\\');
+    let escaped = memchr::memchr(b'\\', pks.as_bytes()).is_some();
     let parsed: Vec<String> = if escaped {
         serde_json::from_str(pks).unwrap_or_default()
     } else {
@@ -611,7 +629,8 @@ fn key_values(pks: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     parsed.into_iter().map(Cow::Owned).chain(
         plain
             .into_iter()
-            .flat_map(|inner| inner.split("\",\""))
+            // Unescaped, no value holds a quote: `a","b` splits at each one.
+            .flat_map(|inner| inner.split('"').step_by(2))
             .map(Cow::Borrowed),
     )
 }
@@ -661,7 +680,7 @@ fn write_key(
     datum: Datum<'_>,
 ) -> Result<(), EventError> {
     match datum {
-        Datum::Text(_) => {
+        Datum::Text(_) | Datum::Str(_) => {
             let start = out.len();
             write_datum(out, table, col, datum)?;
             if !out[start..].starts_with('"') {
@@ -710,6 +729,7 @@ fn group_id<'a>(table: &Table, key: &[usize], value_at: &impl Fn(usize) -> Datum
         id.push(':');
         match value_at(i) {
             Datum::Text(t) => id.push_str(&String::from_utf8_lossy(t)),
+            Datum::Str(t) => id.push_str(t),
             _ => id.push_str("null"),
         }
     }
@@ -882,6 +902,8 @@ mod tests {
     fn key_values_of_record_pks() {
         let values = |pks| key_values(pks).collect::<Vec<_>>();
         assert_eq!(values(r#"["1","a"]"#), ["1", "a"]);
+        assert_eq!(values(r#"["x"]"#), ["x"]);
+        assert_eq!(values(r#"["","a",""]"#), ["", "a", ""]);
         assert_eq!(values(r#"["a\"b","c"]"#), ["a\"b", "c"]);
         assert!(values("[]").is_empty());
     }

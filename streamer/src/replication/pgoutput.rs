@@ -24,6 +24,9 @@ pub enum Datum<'a> {
     UnchangedToast,
     /// The value in the type's text output format.
     Text(&'a [u8]),
+    /// The same, already checked as UTF-8 (a backfill's COPY text, checked a
+    /// block of rows at a time).
+    Str(&'a str),
     /// The value in the type's binary format (only with `binary 'true'`).
     Binary(&'a [u8]),
 }

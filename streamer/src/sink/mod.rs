@@ -159,6 +159,21 @@ pub trait Sink: Send {
     /// earlier event; this one is then not held (nor accepted: the slot keeps it).
     fn send(&mut self, event: Event) -> impl Future<Output = Result<(), SinkError>> + Send;
 
+    /// Hands over several events, in order, as [`send`](Sink::send) would one by
+    /// one (a sink may take them at once: a backfill block's reads). On `Err`,
+    /// some may be held and the rest are not.
+    fn send_all(
+        &mut self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async move {
+            for event in events {
+                self.send(event).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Nothing more for now (a transaction ended, or the stream is quiet):
     /// hands what is buffered to delivery without waiting for a full batch or
     /// chunk. Returns once it is handed over, **without waiting for delivery**

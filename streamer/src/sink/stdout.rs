@@ -41,6 +41,16 @@ impl Chunk {
             events: Vec::new(),
         }
     }
+
+    /// Adds the event's line.
+    fn push(&mut self, event: Event) {
+        let mut line = event.payload;
+        line.push('\n');
+        self.bytes += line.len();
+        self.lines.push(line);
+        self.events
+            .push((event.seq, event.table, event.commit_time_micros));
+    }
 }
 
 /// Slices per `writev` (Linux takes at most 1,024).
@@ -172,15 +182,20 @@ fn write_chunks(
 impl Sink for StdoutSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         self.writer()?;
-        let mut line = event.payload;
-        line.push('\n');
-        self.chunk.bytes += line.len();
-        self.chunk.lines.push(line);
-        self.chunk
-            .events
-            .push((event.seq, event.table, event.commit_time_micros));
+        self.chunk.push(event);
         if self.chunk.bytes >= CHUNK_BYTES {
             self.hand_over().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_all(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
+        self.writer()?;
+        for event in events {
+            self.chunk.push(event);
+            if self.chunk.bytes >= CHUNK_BYTES {
+                self.hand_over().await?;
+            }
         }
         Ok(())
     }
