@@ -399,11 +399,22 @@ async fn run_with<S: Sink>(
         }
     };
     let coordinator = backfill::Coordinator::new();
-    tokio::spawn(backfill::drive(
-        Arc::clone(&config),
-        coordinator.clone(),
-        tracker.clone(),
-    ));
+    // Backfill reads on a thread (and runtime) of their own: on the pipeline's, the
+    // next chunk's COPY waited while the last chunk's events were sent. One thread
+    // for the rest is what keeps a stream of small transactions cheapest.
+    let driver = (Arc::clone(&config), coordinator.clone(), tracker.clone());
+    std::thread::Builder::new()
+        .name("walcast-backfill".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(backfill::drive(driver.0, driver.1, driver.2)),
+                Err(e) => tracing::error!(error = %e, "cannot start the backfill runtime: backfills will not run"),
+            }
+        })
+        .context("starting the backfill thread")?;
     let mut pipeline = Pipeline::with_lanes(Arc::clone(&config), connector, lanes, tracker)
         .with_backfills(coordinator);
     pipeline.drain_timeout = std::time::Duration::from_secs(

@@ -219,6 +219,8 @@ pub fn line(bf: &Backfill) -> String {
 /// every few seconds otherwise.
 async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> {
     let store = Store::new(catalog.client());
+    // The streamer notifies when a backfill ends: seen at once, not at the next look.
+    store.listen().await?;
     let terminal = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template(
@@ -272,7 +274,10 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
                 ))),
             };
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = catalog.notification() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
 }
 

@@ -25,8 +25,8 @@ const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 const CHUNK_BUDGET: Duration = Duration::from_millis(500);
 /// How long to wait for the pipeline to see a watermark before reading the chunk again.
 const WATERMARK_WAIT: Duration = Duration::from_secs(60);
-/// How often to look for new requests.
-const POLL: Duration = Duration::from_millis(250);
+/// How often to look for new requests when no notification came.
+const POLL: Duration = Duration::from_secs(1);
 
 /// A table, as a backfill reads it.
 pub struct Described {
@@ -147,6 +147,9 @@ async fn poll(
         .batch_execute(&session_settings())
         .await
         .map_err(|e| ReplicationError::Transient(format!("backfill session settings: {e}")))?;
+    // Woken by a request (`streamer backfill` notifies); the poll is for a
+    // notification that cannot reach us (a connection pooler in between).
+    Store::new(catalog.client()).listen().await?;
     loop {
         let store = Store::new(catalog.client());
         if store.exists().await? {
@@ -154,7 +157,10 @@ async fn poll(
                 backfill(&mut catalog, config, coordinator, tracker, bf).await?;
             }
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = catalog.notification() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
     }
 }
 

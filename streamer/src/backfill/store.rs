@@ -11,6 +11,9 @@
 use tokio_postgres::Client;
 
 use super::SCHEMA;
+
+/// The channel of backfill notifications (`LISTEN`/`NOTIFY`).
+pub const CHANNEL: &str = "walcast_backfill";
 use crate::replication::{quote_ident, ReplicationError};
 
 /// Where a backfill stands.
@@ -258,7 +261,29 @@ impl<'a> Store<'a> {
                 .map_err(|e| err("requesting a backfill", &e, "GRANT INSERT, UPDATE ON it"))?;
             ids.push(row.get::<_, i64>(0) as u64);
         }
+        self.notify().await;
         Ok(ids)
+    }
+
+    /// Wakes whoever listens on [`CHANNEL`]: the streamers' backfill drivers (a
+    /// request or a cancel) and `streamer backfill` following its progress (an
+    /// end). Only a wake-up: both also look on their own, every second.
+    pub async fn notify(&self) {
+        if let Err(e) = self
+            .client
+            .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+            .await
+        {
+            tracing::debug!(error = %e, "backfill notification not sent");
+        }
+    }
+
+    /// Listens on [`CHANNEL`] on this connection (see [`Catalog::notification`]).
+    pub async fn listen(&self) -> Result<(), ReplicationError> {
+        self.client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| err("listening for backfill requests", &e, ""))
     }
 
     /// The planner's estimate of the rows a backfill will read (the filter of
@@ -396,13 +421,15 @@ impl<'a> Store<'a> {
             )
             .await
             .map_err(|e| err("finishing a backfill", &e, "GRANT UPDATE ON it"))?;
+        self.notify().await;
         Ok(())
     }
 
     /// Cancels the unfinished backfills among `ids` (or all of `slot`'s); returns how many.
     pub async fn cancel(&self, slot: &str, ids: &[u64]) -> Result<u64, ReplicationError> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        self.client
+        let cancelled = self
+            .client
             .execute(
                 &format!(
                     "UPDATE {SCHEMA}.backfills SET state = 'cancelled', finished_at = now(), updated_at = now() \
@@ -412,6 +439,8 @@ impl<'a> Store<'a> {
                 &[&slot, &ids],
             )
             .await
-            .map_err(|e| err("cancelling backfills", &e, "GRANT UPDATE ON it"))
+            .map_err(|e| err("cancelling backfills", &e, "GRANT UPDATE ON it"));
+        self.notify().await;
+        cancelled
     }
 }

@@ -5,6 +5,7 @@
 //! arrays to their element type, enums and extension types to text.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
@@ -20,6 +21,8 @@ pub struct Catalog {
     client: Client,
     slot: String,
     types: HashMap<u32, TypeKind>,
+    /// Woken by each notification (`LISTEN`) the connection receives.
+    notified: Arc<tokio::sync::Notify>,
 }
 
 /// A publication as `pg_publication` describes it.
@@ -158,14 +161,23 @@ impl Catalog {
     /// TLS as `sslmode` says (libpq's attempts: see `tls`).
     pub async fn connect(pg: &Postgres, slot: &str) -> Result<Catalog, ReplicationError> {
         let context = &format!("connecting to Postgres at {}", pg.endpoint());
-        let client =
-            tls::connect_as_libpq(pg.tls.mode, |wire| connect_once(pg, wire, context, slot))
-                .await?;
+        let notified = Arc::new(tokio::sync::Notify::new());
+        let client = tls::connect_as_libpq(pg.tls.mode, |wire| {
+            connect_once(pg, wire, context, slot, Arc::clone(&notified))
+        })
+        .await?;
         Ok(Catalog {
             client,
             slot: slot.to_owned(),
             types: HashMap::new(),
+            notified,
         })
+    }
+
+    /// Returns once a notification arrived on a channel this connection listens
+    /// to (`LISTEN`), also one that arrived since the last call.
+    pub async fn notification(&self) {
+        self.notified.notified().await;
     }
 
     /// The underlying client (for `check`).
@@ -1060,6 +1072,7 @@ async fn connect_once(
     wire: Wire,
     context: &str,
     slot: &str,
+    notified: Arc<tokio::sync::Notify>,
 ) -> Result<Client, (Refusal, ReplicationError)> {
     let mut config = pg.config.clone();
     config.application_name("walcast-catalog");
@@ -1079,7 +1092,7 @@ async fn connect_once(
     config.ssl_mode(mode);
     if wire == Wire::Plain {
         let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
-        tokio::spawn(watch_connection(conn));
+        tokio::spawn(watch_connection(conn, notified));
         return Ok(client);
     }
     let rustls = tls::client_config(&pg.tls).map_err(|e| (Refusal::Other, e))?;
@@ -1087,15 +1100,29 @@ async fn connect_once(
         .connect(tokio_postgres_rustls::MakeRustlsConnect::new(rustls))
         .await
         .map_err(failed)?;
-    tokio::spawn(watch_connection(conn));
+    tokio::spawn(watch_connection(conn, notified));
     Ok(client)
 }
 
-async fn watch_connection<F>(conn: F)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+/// Runs the connection until it closes, waking `notified` at each notification
+/// (polled as a plain future, a connection drops them).
+async fn watch_connection<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    notified: Arc<tokio::sync::Notify>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(e) = conn.await {
+    let ended = std::future::poll_fn(|cx| loop {
+        match std::task::ready!(conn.poll_message(cx)) {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => notified.notify_one(),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            None => return std::task::Poll::Ready(Ok(())),
+        }
+    })
+    .await;
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "catalog connection closed");
     }
 }
