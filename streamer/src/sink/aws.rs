@@ -71,6 +71,14 @@
 //! slot keeps the event). Errors about the destination itself (missing, access
 //! denied) stop the streamer: dead-lettering every event would be worse.
 //!
+//! **Stats.** Once a second while it works, the worker logs at debug level
+//! (`RUST_LOG=walcast_streamer::sink::aws=debug`) where an event's time went:
+//! calls per second and entries per call, the window and the calls in flight,
+//! the mean wait for a place in the window and the mean call, and the mean age
+//! of events (since their commit, Postgres's clock) on reaching the sink and
+//! on leaving in a batch: commit → sink is the pipeline's part, sink → batch
+//! the sink's queue, the call the destination's.
+//!
 //! **Bounded.** `send` takes [`weight`] permits of [`MAX_HELD_KIB`] (one per KiB of
 //! payload, at least one); they come back when the event is accepted, so the
 //! events held stay under ~8 MiB whatever their size.
@@ -91,6 +99,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,6 +330,70 @@ struct Shared<D, L> {
     /// The window of calls in flight: the worker starts batches while it has
     /// room, and each call (retries too) takes a place in it.
     calls: Calls,
+    stats: Stats,
+}
+
+/// What the debug log of the worker reports (see **Stats** above): sums since
+/// the last report, in microseconds.
+#[derive(Default)]
+struct Stats {
+    calls: AtomicU64,
+    entries: AtomicU64,
+    /// Waiting for a place in the window, over calls.
+    window_us: AtomicU64,
+    /// The calls themselves.
+    call_us: AtomicU64,
+    /// Events that reached the worker, and their ages then (commit → sink).
+    arrived: AtomicU64,
+    arrived_age_us: AtomicU64,
+    /// The ages of the events put in batches (commit → batch).
+    batched_age_us: AtomicU64,
+}
+
+impl Stats {
+    fn arrived(&self, e: &Event, now_micros: i64) {
+        self.arrived.fetch_add(1, Relaxed);
+        let age = (now_micros - e.commit_time_micros).max(0) as u64;
+        self.arrived_age_us.fetch_add(age, Relaxed);
+    }
+
+    fn batched(&self, batch: &[Message]) {
+        let now = crate::ops::now_micros();
+        let age: i64 = batch
+            .iter()
+            .map(|m| (now - m.event.commit_time_micros).max(0))
+            .sum();
+        self.batched_age_us.fetch_add(age as u64, Relaxed);
+    }
+
+    fn call(&self, entries: usize, waited: Duration, took: Duration) {
+        self.calls.fetch_add(1, Relaxed);
+        self.entries.fetch_add(entries as u64, Relaxed);
+        self.window_us.fetch_add(waited.as_micros() as u64, Relaxed);
+        self.call_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// Logs the sums since `since` (and starts them over).
+    fn report(&self, since: Instant, limit: usize, peak_calls: usize, peak_waiting: usize) {
+        let ms = |us: &AtomicU64, n: u64| us.swap(0, Relaxed) as f64 / n.max(1) as f64 / 1e3;
+        let (calls, entries, arrived) = (
+            self.calls.swap(0, Relaxed),
+            self.entries.swap(0, Relaxed),
+            self.arrived.swap(0, Relaxed),
+        );
+        tracing::debug!(
+            calls_per_s = (calls as f64 / since.elapsed().as_secs_f64()).round(),
+            entries_per_call = entries as f64 / calls.max(1) as f64,
+            window = limit,
+            peak_calls,
+            peak_waiting,
+            window_wait_ms = ms(&self.window_us, calls),
+            call_ms = ms(&self.call_us, calls),
+            age_at_sink_ms = ms(&self.arrived_age_us, arrived),
+            age_at_batch_ms = ms(&self.batched_age_us, entries),
+            "sink stats"
+        );
+    }
 }
 
 /// The SQS/SNS sink: see the module documentation.
@@ -354,6 +427,7 @@ impl AwsSink {
             tracker,
             permits: Arc::clone(&permits),
             calls: Calls::new(),
+            stats: Stats::default(),
         });
         // The worker and its calls log in the span the sink was started in (the sink's name).
         let worker = tokio::spawn(tracing::Instrument::in_current_span(worker(
@@ -521,7 +595,20 @@ async fn worker<D: Destination, L: Destination>(
     let mut tasks: JoinSet<Result<Vec<String>, SinkError>> = JoinSet::new();
     let mut open = true;
     let max = shared.dest.max_bytes();
+    let stats = tracing::enabled!(tracing::Level::DEBUG);
+    let (mut reported, mut peak_calls, mut peak_waiting) = (Instant::now(), 0, 0);
     loop {
+        if stats {
+            peak_calls = peak_calls.max(tasks.len());
+            peak_waiting = peak_waiting.max(groups.waiting);
+            if reported.elapsed() >= Duration::from_secs(1) {
+                let limit = shared.calls.limit();
+                shared
+                    .stats
+                    .report(reported, limit, peak_calls, peak_waiting);
+                (reported, peak_calls, peak_waiting) = (Instant::now(), 0, 0);
+            }
+        }
         // Start batches while the window has room. A batch that is not full
         // leaves only when nothing is in flight (the stream is slow, or
         // drained) or its first event has lingered: under load, batches fill up
@@ -537,6 +624,9 @@ async fn worker<D: Destination, L: Destination>(
             let batch = groups.batch(max);
             if batch.is_empty() {
                 break;
+            }
+            if stats {
+                shared.stats.batched(&batch);
             }
             let s = Arc::clone(&shared);
             tasks.spawn(tracing::Instrument::in_current_span(async move {
@@ -569,9 +659,16 @@ async fn worker<D: Destination, L: Destination>(
             }
             e = rx.recv(), if open => match e {
                 Some(e) => {
-                    groups.add(e);
-                    while let Ok(e) = rx.try_recv() {
+                    let now = stats.then(crate::ops::now_micros);
+                    let mut add = |e: Event| {
+                        if let Some(now) = now {
+                            shared.stats.arrived(&e, now);
+                        }
                         groups.add(e);
+                    };
+                    add(e);
+                    while let Ok(e) = rx.try_recv() {
+                        add(e);
                     }
                 }
                 None => open = false,
@@ -677,8 +774,12 @@ async fn deliver<D: Destination, L: Destination>(
         let mut last = None;
         let metrics = s.tracker.metrics();
         metrics.batch();
+        let asked = Instant::now();
         let call = s.calls.start().await;
+        let started = Instant::now();
         let sent = s.dest.send_batch(&entries(&s.dest, &chunk)).await;
+        s.stats
+            .call(chunk.len(), started - asked, started.elapsed());
         let congested = match &sent {
             Ok(failures) => failures.iter().any(|(_, f)| f.is_congestion()),
             Err(fault) => fault.is_congestion(),
