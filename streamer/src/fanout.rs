@@ -177,9 +177,12 @@ impl<S> Lane<S> {
         Ok(Lane {
             name: config.name.clone(),
             at: config.at.clone(),
-            builder: match config.kind {
-                SinkType::Stdout => EventBuilder::new(&consumer, database).without_groups(),
-                _ => EventBuilder::new(&consumer, database),
+            builder: {
+                let builder = EventBuilder::new(&consumer, database);
+                match config.kind {
+                    SinkType::Stdout => builder.without_groups(),
+                    _ => builder,
+                }
             },
             tables: TableGlobs::compile(&config.tables)?,
             actions: config.actions.clone(),
@@ -548,18 +551,13 @@ impl<S: Sink> Lane<S> {
     /// Hands a verdict's event, numbered `seq`, to its outlet.
     pub async fn send(&mut self, seq: u64, verdict: Verdict) -> Result<(), SinkError> {
         match verdict {
-            Verdict::Send(outlet, mut event) => {
-                event.seq = seq;
-                event.dedup_scope = self.dedup_scope.clone();
-                if self.own_metrics {
-                    self.metrics.received(&event);
-                }
+            Verdict::Send(outlet, event) => {
+                let event = self.outgoing(seq, event);
                 self.metrics.sent(1);
                 self.outlets[outlet].send(event).await
             }
             Verdict::DeadLetter(mut event) => {
-                event.seq = seq;
-                event.dedup_scope = self.dedup_scope.clone();
+                self.stamp(seq, &mut event);
                 self.metrics.dead_lettered(&event);
                 match &mut self.dead_letter {
                     Some(dlq) => dlq.send(event).await,
@@ -576,17 +574,12 @@ impl<S: Sink> Lane<S> {
         let mut run_outlet = 0;
         for (seq, verdict) in verdicts {
             match verdict {
-                Verdict::Send(outlet, mut event) => {
+                Verdict::Send(outlet, event) => {
                     if outlet != run_outlet && !run.is_empty() {
                         self.send_run(run_outlet, &mut run).await?;
                     }
                     run_outlet = outlet;
-                    event.seq = seq;
-                    event.dedup_scope = self.dedup_scope.clone();
-                    if self.own_metrics {
-                        self.metrics.received(&event);
-                    }
-                    run.push(event);
+                    run.push(self.outgoing(seq, event));
                 }
                 dead => {
                     self.send_run(run_outlet, &mut run).await?;
@@ -595,6 +588,22 @@ impl<S: Sink> Lane<S> {
             }
         }
         self.send_run(run_outlet, &mut run).await
+    }
+
+    /// Gives the event its sequence number and this sink's deduplication scope.
+    fn stamp(&self, seq: u64, event: &mut Event) {
+        event.seq = seq;
+        event.dedup_scope = self.dedup_scope.clone();
+    }
+
+    /// The event, stamped, as it goes to an outlet (counted as received when
+    /// this sink keeps its own figures).
+    fn outgoing(&self, seq: u64, mut event: Event) -> Event {
+        self.stamp(seq, &mut event);
+        if self.own_metrics {
+            self.metrics.received(&event);
+        }
+        event
     }
 
     /// Sends the run of events gathered for `outlet`.

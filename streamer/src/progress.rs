@@ -128,10 +128,7 @@ impl Tracker {
     /// Assigns the next sequence number to an event about to be handed to `sinks`
     /// sinks (at least one): it is accepted once each has accepted it.
     pub fn register_for(&self, sinks: u32) -> u64 {
-        debug_assert!(sinks > 0, "an event registered for no sink");
-        let mut g = self.lock();
-        g.accepted.push_back(sinks.max(1));
-        g.next_seq() - 1
+        self.register_each(std::iter::once(sinks))
     }
 
     /// Assigns consecutive sequence numbers to events about to be handed to sinks,

@@ -274,10 +274,9 @@ async fn follow(catalog: &Catalog, ids: &[u64]) -> Result<(), ReplicationError> 
                 ))),
             };
         }
-        tokio::select! {
-            _ = catalog.notification() => {}
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
+        catalog
+            .notification_within(Duration::from_millis(200))
+            .await;
     }
 }
 

@@ -157,10 +157,7 @@ async fn poll(
                 backfill(&mut catalog, config, coordinator, tracker, bf).await?;
             }
         }
-        tokio::select! {
-            _ = catalog.notification() => {}
-            _ = tokio::time::sleep(POLL) => {}
-        }
+        catalog.notification_within(POLL).await;
     }
 }
 

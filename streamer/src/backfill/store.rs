@@ -11,10 +11,10 @@
 use tokio_postgres::Client;
 
 use super::SCHEMA;
+use crate::replication::{quote_ident, ReplicationError};
 
 /// The channel of backfill notifications (`LISTEN`/`NOTIFY`).
 pub const CHANNEL: &str = "walcast_backfill";
-use crate::replication::{quote_ident, ReplicationError};
 
 /// Where a backfill stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +278,8 @@ impl<'a> Store<'a> {
         }
     }
 
-    /// Listens on [`CHANNEL`] on this connection (see [`Catalog::notification`]).
+    /// Listens on [`CHANNEL`] on this connection (see
+    /// [`crate::replication::Catalog::notification_within`]).
     pub async fn listen(&self) -> Result<(), ReplicationError> {
         self.client
             .batch_execute(&format!("LISTEN {CHANNEL}"))

@@ -175,9 +175,9 @@ impl Catalog {
     }
 
     /// Returns once a notification arrived on a channel this connection listens
-    /// to (`LISTEN`), also one that arrived since the last call.
-    pub async fn notification(&self) {
-        self.notified.notified().await;
+    /// to (`LISTEN`), also one that arrived since the last call, or after `wait`.
+    pub async fn notification_within(&self, wait: std::time::Duration) {
+        let _ = tokio::time::timeout(wait, self.notified.notified()).await;
     }
 
     /// The underlying client (for `check`).

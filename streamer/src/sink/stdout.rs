@@ -135,6 +135,15 @@ impl StdoutSink {
         }
     }
 
+    /// Adds the event to the chunk, handing the chunk over once it is full.
+    async fn add(&mut self, event: Event) -> Result<(), SinkError> {
+        self.chunk.push(event);
+        if self.chunk.bytes >= CHUNK_BYTES {
+            self.hand_over().await?;
+        }
+        Ok(())
+    }
+
     async fn hand_over(&mut self) -> Result<(), SinkError> {
         let tx = self.writer()?.clone();
         if self.chunk.events.is_empty() {
@@ -182,20 +191,13 @@ fn write_chunks(
 impl Sink for StdoutSink {
     async fn send(&mut self, event: Event) -> Result<(), SinkError> {
         self.writer()?;
-        self.chunk.push(event);
-        if self.chunk.bytes >= CHUNK_BYTES {
-            self.hand_over().await?;
-        }
-        Ok(())
+        self.add(event).await
     }
 
     async fn send_all(&mut self, events: Vec<Event>) -> Result<(), SinkError> {
         self.writer()?;
         for event in events {
-            self.chunk.push(event);
-            if self.chunk.bytes >= CHUNK_BYTES {
-                self.hand_over().await?;
-            }
+            self.add(event).await?;
         }
         Ok(())
     }
